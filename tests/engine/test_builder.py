@@ -1,0 +1,210 @@
+"""build_engine end to end on small hand-made ONNX models (no GPU needed)."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tftrt_lite.engine import Engine, build_engine
+from tftrt_lite.engine.builder import bind_symbols
+from tftrt_lite.engine.plan import ArgKind, ConvStep, GemmStep, LaunchStep, Storage
+from tftrt_lite.errors import ConversionError, NotSupportedYetError, UnsupportedOpError
+
+
+@pytest.fixture(autouse=True)
+def kernel_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TFTRT_LITE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel_cache"))
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    g = helper.make_graph(nodes, "m", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _mlp(rng):
+    inits = {"W1": rng.standard_normal((16, 32)).astype(np.float32),
+             "B1": rng.standard_normal(32).astype(np.float32),
+             "W2": rng.standard_normal((32, 10)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+             helper.make_node("Add", ["h", "B1"], ["hb"], name="add1"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "W2"], ["z"], name="mm2"),
+             helper.make_node("Softmax", ["z"], ["y"], name="softmax", axis=-1)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    return model, inits
+
+
+def _expected_mlp(x, w):
+    z = np.maximum(x @ w["W1"] + w["B1"], 0) @ w["W2"]
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_mlp_builds_runs_and_round_trips():
+    rng = np.random.default_rng(0)
+    model, inits = _mlp(rng)
+    engine = build_engine(model, name="mlp")
+    assert engine.name == "mlp" and engine.input_names == ["x"] and engine.output_names == ["y"]
+    assert engine.target_archs == ("sm_80", "sm_90")
+    s = engine.stats
+    assert s["library_calls"] == 2 and s["kernel_count"] == len(engine.kernels) >= 1
+    assert s["ops"] == engine.graph.summary() and s["arena_bytes_expr"]
+    mem = s["memory_at_binding"]
+    assert mem["binding"] == {"N": 1} and 0 < mem["arena_bytes"] <= mem["naive_bytes"]
+    for k in engine.kernels:
+        assert [im.arch for im in k.images] == ["sm_80", "sm_90"] and k.ptx_arch == "sm_80"
+        assert all(im.cubin[:4] == b"\x7fELF" for im in k.images) and ".entry " + k.name in k.ptx
+    gemms = [st for st in engine.plan.steps if isinstance(st, GemmStep)]
+    assert [g.m.evaluate([7]) for g in gemms] == [7, 7] and [g.k.constant for g in gemms] == [16, 32]
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    out = engine.run_reference({"x": x})
+    np.testing.assert_allclose(out["y"], _expected_mlp(x, inits), rtol=1e-5, atol=1e-6)
+
+    back = Engine.deserialize(engine.serialize())
+    assert back.serialize() == engine.serialize()
+    assert [(n.op, n.name, n.inputs, n.outputs) for n in back.graph.nodes] == \
+        [(n.op, n.name, n.inputs, n.outputs) for n in engine.graph.nodes]
+    for name, t in engine.graph.tensors.items():
+        t2 = back.graph.tensors[name]
+        assert (t2.dtype, t2.shape) == (t.dtype, t.shape)
+        assert (t.value is None) == (t2.value is None)
+        if t.value is not None:
+            assert t.value.tobytes() == t2.value.tobytes()
+    out2 = back.run_reference({"x": x})
+    assert out2["y"].tobytes() == out["y"].tobytes()
+    assert back.stats == engine.stats and back.precision == "FP32"
+
+
+def test_every_buffer_and_argument_resolves():
+    model, _ = _mlp(np.random.default_rng(1))
+    plan = build_engine(model).plan
+    names = [b.name for b in plan.buffers]
+    assert len(names) == len(set(names))
+    storages = {b.name: b.storage for b in plan.buffers}
+    assert storages["x"] == Storage.INPUT and storages["y"] == Storage.OUTPUT
+    assert sum(1 for s in storages.values() if s == Storage.WEIGHT) >= 2
+    for b in plan.buffers:
+        if b.storage == Storage.WEIGHT:
+            assert b.a + b.b <= len(plan.weights)
+    launches = [s for s in plan.steps if isinstance(s, LaunchStep)]
+    for st in launches:
+        assert st.kernel < len(plan.kernels)
+        for a in st.args:
+            if a.kind == ArgKind.BUFFER:
+                assert a.value < len(plan.buffers)
+        assert st.grid[0].evaluate([4]) >= 1
+
+
+def _conv_model(rng):
+    """NCHW conv → relu → maxpool → global average pool, as an ONNX exporter writes it."""
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], strides=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["y"], name="flat", axis=1)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], {"w": w, "b": b})
+    return model
+
+
+def test_conv_model_uses_cudnn_step_and_generated_kernels():
+    rng = np.random.default_rng(2)
+    engine = build_engine(_conv_model(rng), target_arch="sm_90")
+    convs = [s for s in engine.plan.steps if isinstance(s, ConvStep)]
+    assert len(convs) == 1 and convs[0].groups == 1 and convs[0].k.constant == 8
+    assert engine.target_archs == ("sm_90",)
+    assert all([im.arch for im in k.images] == ["sm_90"] for k in engine.kernels)
+    # the graph output is a view (Flatten) of a kernel's result: it must still be written
+    y_buf = [i for i, b in enumerate(engine.plan.buffers) if b.storage == Storage.OUTPUT]
+    writers = [s for s in engine.plan.steps if isinstance(s, LaunchStep)
+               and any(a.kind == ArgKind.BUFFER and a.value == y_buf[0] for a in s.args)]
+    assert writers
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    back = Engine.deserialize(engine.serialize())
+    assert back.run_reference({"x": x})["y"].tobytes() == engine.run_reference({"x": x})["y"].tobytes()
+
+
+def test_output_that_is_an_input_gets_a_copy_step():
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+                    helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], {})
+    plan = build_engine(model, target_arch="sm_80").plan
+    outs = sorted(b.a for b in plan.buffers if b.storage == Storage.OUTPUT)
+    assert outs == [0, 1]
+    assert len([s for s in plan.steps if isinstance(s, LaunchStep)]) == 2
+
+
+def test_bind_symbols_rejects_unbindable_dims():
+    from tftrt_lite.engine import ir
+    g = ir.Graph("g", ["x"], ["y"])
+    g.tensors["x"] = ir.Tensor("x", "float32", ("2*B", 4))
+    g.tensors["y"] = ir.Tensor("y", "float32", ("2*B", 4))
+    with pytest.raises(ConversionError, match="B are not an axis of any engine input"):
+        bind_symbols(g)
+
+
+def test_rejects_other_precisions_and_bad_archs():
+    model, _ = _mlp(np.random.default_rng(3))
+    with pytest.raises(NotSupportedYetError, match="'FP16'"):
+        build_engine(model, precision="FP16")
+    with pytest.raises(ValueError, match="'ampere'"):
+        build_engine(model, target_arch="ampere")
+
+
+def test_unsupported_op_names_op_and_node():
+    nodes = [helper.make_node("NonMaxSuppression", ["b", "s"], ["y"], name="nms")]
+    model = _model(nodes, [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 4]),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1, 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.INT64, [None, 3])], {})
+    with pytest.raises(UnsupportedOpError, match=r"NonMaxSuppression.*nms|nms.*NonMaxSuppression"):
+        build_engine(model)
+
+
+def test_build_from_path(tmp_path):
+    import onnx
+    model, inits = _mlp(np.random.default_rng(4))
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, str(path))
+    engine = build_engine(str(path), target_arch=["sm_90", "sm_80"])
+    assert engine.target_archs == ("sm_80", "sm_90")
+    x = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
+    np.testing.assert_allclose(engine.run_reference({"x": x})["y"], _expected_mlp(x, inits), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- zoo models
+def _zoo_onnx(name, root):
+    """Lower a zoo SavedModel's serving signature to ONNX the way the converter does."""
+    import os
+    import sys
+
+    import tensorflow as tf
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    import tftrt_lite.lower.tf2onnx_handlers  # noqa: F401  (lowers Keras' exact GELU's Erfc)
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    import model_zoo
+
+    loaded = tf.saved_model.load(model_zoo.build_saved_model(name, str(root)))
+    frozen = convert_variables_to_constants_v2(loaded.signatures["serving_default"])
+    graph_def = frozen.graph.as_graph_def()
+    inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+    outputs = [t.name for t in frozen.outputs]
+    model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=17)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "vgg16", "bert_encoder"])
+def test_zoo_engine_kernels_compile_for_sm80_and_sm90(name, tmp_path_factory):
+    engine = build_engine(_zoo_onnx(name, tmp_path_factory.getbasetemp() / "zoo"), name=name)
+    assert engine.kernels and engine.stats["kernel_count"] == len(engine.kernels)
+    for k in engine.kernels:
+        assert [im.arch for im in k.images] == ["sm_80", "sm_90"]
+        assert all(im.cubin[:4] == b"\x7fELF" for im in k.images)
+    if name != "bert_encoder":
+        assert engine.stats["library_calls"] >= 1 and "tftrt.FusedConv" in engine.stats["ops"]
+    assert Engine.deserialize(engine.serialize()).serialize() == engine.serialize()

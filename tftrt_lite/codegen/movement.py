@@ -1,0 +1,336 @@
+"""Data-movement kernels: Transpose, Concat, Split, Slice, Pad, Tile, Gather, pooling, Shape.
+
+Why one thread per output element everywhere: these ops are memory-bound and their
+outputs are written contiguously, so "compute my input offset from my output
+coordinates" keeps every store coalesced and every kernel short enough to audit. Dims
+that move together are coalesced first (a Transpose NCHW→NHWC of a 1x1 map is a copy).
+
+Pooling is 2-D, in the tensor's layout: ONNX ``MaxPool``/``AveragePool`` are NCHW, the
+layout pass's ``tftrt.Pool`` is NHWC.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+from tftrt_lite.codegen.kernel import (
+    Dim, KernelSpec, KernelWriter, c_literal, c_type, const_ints, contiguous_strides, dim_add,
+    dim_prod, emitter, grid_1d, normalize_axis, shape_of, unravel)
+from tftrt_lite.engine import ir
+from tftrt_lite.errors import UnsupportedOpError
+
+BLOCK = 256
+
+
+def _per_element(w: KernelWriter, out_dims: Sequence[Dim], lines: Sequence[str]) -> Tuple[str, Tuple]:
+    """Kernel body: one thread per output element, coordinates ``c0..`` over ``out_dims``."""
+    n = w.dim(dim_prod(out_dims)) if out_dims else "1LL"
+    body = [f"  const i64 e = (i64)blockIdx.x * {BLOCK} + threadIdx.x;",
+            f"  if (e >= {n}) return;"]
+    if out_dims:
+        body.append(unravel("e", [""] + [w.dim(d) for d in out_dims[1:]],
+                            [f"c{i}" for i in range(len(out_dims))]))
+    body += ["  " + line for line in lines]
+    return "\n".join(body), grid_1d(dim_prod(out_dims) if out_dims else 1, BLOCK)
+
+
+def _offset(w: KernelWriter, coords: Sequence[str], shape: Sequence[Dim]) -> str:
+    """Row-major offset of ``coords`` in a contiguous tensor of ``shape``."""
+    terms = []
+    for c, s in zip(coords, contiguous_strides(shape)):
+        terms.append(c if s == 1 else f"{c} * {w.dim(s)}")
+    return " + ".join(terms) if terms else "0"
+
+
+# --------------------------------------------------------------------------- Transpose
+def coalesce_transpose(shape: Sequence[Dim], perm: Sequence[int]) -> Tuple[List[Dim], List[int]]:
+    """Drop size-1 dims and merge output neighbours that are input neighbours in order."""
+    live = [p for p in perm if shape[p] != 1]
+    rank_map = {p: i for i, p in enumerate(sorted(live))}
+    groups: List[List[int]] = []
+    for p in live:
+        if groups and rank_map[p] == rank_map[groups[-1][-1]] + 1:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    order = sorted(range(len(groups)), key=lambda g: groups[g][0])   # input order of groups
+    in_dims = [dim_prod([shape[p] for p in groups[g]]) for g in order]
+    new_perm = [order.index(g) for g in range(len(groups))]
+    return in_dims, new_perm
+
+
+@emitter("Transpose")
+def _emit_transpose(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    x, y = node.inputs[0], node.outputs[0]
+    shape = shape_of(graph, x, node)
+    perm = [int(p) for p in node.attrs.get("perm") or range(len(shape) - 1, -1, -1)]
+    in_dims, perm = coalesce_transpose(shape, perm)
+    dt = graph.tensor(x).dtype
+    w = KernelWriter("transpose", node)
+    src, dst = w.buffer(x, dt), w.buffer(y, dt, writable=True)
+    out_dims = [in_dims[p] for p in perm]
+    in_coords = [""] * len(in_dims)
+    for i, p in enumerate(perm):
+        in_coords[p] = f"c{i}"
+    body, grid = _per_element(w, out_dims, [f"{dst}[e] = {src}[{_offset(w, in_coords, in_dims)}];"])
+    return [w.finish(body, grid, (BLOCK, 1, 1))]
+
+
+# --------------------------------------------------------------------------- Concat / Split
+def _outer_axis_inner(shape: Sequence[Dim], axis: int) -> Tuple[Dim, Dim, Dim]:
+    return dim_prod(shape[:axis]), shape[axis], dim_prod(shape[axis + 1:])
+
+
+@emitter("Concat")
+def _emit_concat(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    y = node.outputs[0]
+    out_shape = shape_of(graph, y, node)
+    axis = normalize_axis(int(node.attrs["axis"]), len(out_shape), node)
+    dt = graph.tensor(y).dtype
+    w = KernelWriter("concat", node)
+    inputs = [i for i in node.inputs if i]
+    ptrs = [w.buffer(i, dt) for i in inputs]
+    dst = w.buffer(y, dt, writable=True)
+    outer, total, inner = _outer_axis_inner(out_shape, axis)
+    lines, start = [], 0
+    for k, (t, p) in enumerate(zip(inputs, ptrs)):
+        a = shape_of(graph, t, node)[axis]
+        if a == 0:
+            continue
+        end = dim_add(start, a)
+        cond = f"c1 < {w.dim(end)}" if k < len(inputs) - 1 else "true"
+        lines.append(f"{'if' if not lines else 'else if'} ({cond}) {dst}[e] = "
+                     f"{p}[(c0 * {w.dim(a)} + (c1 - {w.dim(start)})) * {w.dim(inner)} + c2];")
+        start = end
+    body, grid = _per_element(w, [outer, total, inner], lines)
+    return [w.finish(body, grid, (BLOCK, 1, 1))]
+
+
+def _emit_axis_window(graph: ir.Graph, node: ir.Node, src_t: str, dst_t: str, axis: int,
+                      start: Dim, prefix: str) -> KernelSpec:
+    """Copy ``dst = src[..., start:start+len, ...]`` along ``axis`` (Split's outputs)."""
+    in_shape = shape_of(graph, src_t, node)
+    out_shape = shape_of(graph, dst_t, node)
+    dt = graph.tensor(src_t).dtype
+    w = KernelWriter(prefix, node)
+    src, dst = w.buffer(src_t, dt), w.buffer(dst_t, dt, writable=True)
+    outer, a, inner = _outer_axis_inner(out_shape, axis)
+    src_off = f"(c0 * {w.dim(in_shape[axis])} + c1 + {w.dim(start)}) * {w.dim(inner)} + c2"
+    body, grid = _per_element(w, [outer, a, inner], [f"{dst}[e] = {src}[{src_off}];"])
+    return w.finish(body, grid, (BLOCK, 1, 1))
+
+
+@emitter("Split")
+def _emit_split(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    shape = shape_of(graph, node.inputs[0], node)
+    axis = normalize_axis(int(node.attrs.get("axis", 0)), len(shape), node)
+    kernels, start = [], 0
+    for out in node.outputs:
+        if not out:
+            continue
+        a = shape_of(graph, out, node)[axis]
+        kernels.append(_emit_axis_window(graph, node, node.inputs[0], out, axis, start, "split"))
+        start = dim_add(start, a)
+    return kernels
+
+
+# --------------------------------------------------------------------------- Slice
+_BIG = 2 ** 62
+
+
+def slice_start(start: int, step: int, dim: Dim) -> Dim:
+    """The first input index a Slice reads on one axis (ONNX clamping rules)."""
+    if isinstance(dim, int):
+        return range(dim)[slice(start, None, step)].start if dim else 0
+    if step > 0:
+        if start < 0:
+            return dim_add(dim, start)
+        return start
+    if start >= _BIG:
+        return dim_add(dim, -1)
+    return dim_add(dim, start) if start < 0 else start
+
+
+@emitter("Slice")
+def _emit_slice(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    x, y = node.inputs[0], node.outputs[0]
+    in_shape = shape_of(graph, x, node)
+    out_shape = shape_of(graph, y, node)
+    rank = len(in_shape)
+    starts = const_ints(graph, node, 1, "starts")
+    axes = const_ints(graph, node, 3, "axes") or list(range(len(starts)))
+    steps = const_ints(graph, node, 4, "steps") or [1] * len(starts)
+    first: List[Dim] = [0] * rank
+    step: List[int] = [1] * rank
+    for s, a, st in zip(starts, axes, steps):
+        a = normalize_axis(a, rank, node)
+        first[a], step[a] = slice_start(s, st, in_shape[a]), st
+    dt = graph.tensor(x).dtype
+    w = KernelWriter("slice", node)
+    src, dst = w.buffer(x, dt), w.buffer(y, dt, writable=True)
+    coords = []
+    for i in range(rank):
+        c = f"c{i}" if step[i] == 1 else f"c{i} * {step[i]}LL"
+        coords.append(c if first[i] == 0 else f"({w.dim(first[i])} + {c})")
+    body, grid = _per_element(w, out_shape, [f"{dst}[e] = {src}[{_offset(w, coords, in_shape)}];"])
+    return [w.finish(body, grid, (BLOCK, 1, 1))]
+
+
+# --------------------------------------------------------------------------- Pad / Tile
+@emitter("Pad")
+def _emit_pad(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    x, y = node.inputs[0], node.outputs[0]
+    in_shape = shape_of(graph, x, node)
+    out_shape = shape_of(graph, y, node)
+    rank = len(in_shape)
+    pads = const_ints(graph, node, 1, "pads")
+    if len(node.inputs) > 3 and node.inputs[3]:
+        raise UnsupportedOpError(f"node {node.name!r} (Pad): the axes input is not generated")
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    dt = graph.tensor(x).dtype
+    w = KernelWriter("pad", node)
+    src, dst = w.buffer(x, dt), w.buffer(y, dt, writable=True)
+    fill = c_literal(0, dt)
+    if len(node.inputs) > 2 and node.inputs[2]:
+        value = graph.const(node.inputs[2])
+        fill = (c_literal(value.reshape(-1)[0].item(), dt) if value is not None
+                else f"{w.buffer(node.inputs[2], dt)}[0]")
+    lines, coords, inside = [], [], []
+    for i in range(rank):
+        begin = pads[i]
+        d = w.dim(in_shape[i])
+        lines.append(f"i64 i{i} = c{i} - {begin}LL;")
+        if mode == "constant":
+            inside.append(f"i{i} >= 0 && i{i} < {d}")
+        elif mode == "reflect":
+            lines.append(f"if (i{i} < 0) i{i} = -i{i}; if (i{i} >= {d}) i{i} = 2 * ({d} - 1) - i{i};")
+        elif mode == "edge":
+            lines.append(f"if (i{i} < 0) i{i} = 0; if (i{i} >= {d}) i{i} = {d} - 1;")
+        else:
+            raise UnsupportedOpError(f"node {node.name!r} (Pad): mode {mode!r} is not generated")
+        coords.append(f"i{i}")
+    load = f"{src}[{_offset(w, coords, in_shape)}]"
+    lines.append(f"{dst}[e] = ({' && '.join(inside)}) ? {load} : {fill};" if inside else f"{dst}[e] = {load};")
+    body, grid = _per_element(w, out_shape, lines)
+    return [w.finish(body, grid, (BLOCK, 1, 1))]
+
+
+@emitter("Tile")
+def _emit_tile(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    x, y = node.inputs[0], node.outputs[0]
+    in_shape = shape_of(graph, x, node)
+    out_shape = shape_of(graph, y, node)
+    dt = graph.tensor(x).dtype
+    w = KernelWriter("tile", node)
+    src, dst = w.buffer(x, dt), w.buffer(y, dt, writable=True)
+    coords = [f"(c{i} % {w.dim(d)})" if d != 1 else "0" for i, d in enumerate(in_shape)]
+    body, grid = _per_element(w, out_shape, [f"{dst}[e] = {src}[{_offset(w, coords, in_shape)}];"])
+    return [w.finish(body, grid, (BLOCK, 1, 1))]
+
+
+# --------------------------------------------------------------------------- Gather
+@emitter("Gather")
+def _emit_gather(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    data, indices = node.inputs[0], node.inputs[1]
+    y = node.outputs[0]
+    shape = shape_of(graph, data, node)
+    axis = normalize_axis(int(node.attrs.get("axis", 0)), len(shape), node)
+    dt = graph.tensor(data).dtype
+    it = graph.tensor(indices).dtype
+    if it not in ("int32", "int64"):
+        raise UnsupportedOpError(f"node {node.name!r} (Gather): indices of dtype {it}")
+    w = KernelWriter("gather", node)
+    src, idx, dst = w.buffer(data, dt), w.buffer(indices, it), w.buffer(y, dt, writable=True)
+    outer, a, inner = _outer_axis_inner(shape, axis)
+    J = dim_prod(shape_of(graph, indices, node))
+    A = w.dim(a)
+    # Out-of-range indices are invalid in ONNX; clamping keeps a bad input from faulting the GPU.
+    lines = [f"i64 k = (i64){idx}[c1];",
+             f"if (k < 0) k += {A};",
+             f"k = k < 0 ? 0 : (k >= {A} ? {A} - 1 : k);",
+             f"{dst}[e] = {src}[(c0 * {A} + k) * {w.dim(inner)} + c2];"]
+    body, grid = _per_element(w, [outer, J, inner], lines)
+    return [w.finish(body, grid, (BLOCK, 1, 1))]
+
+
+# --------------------------------------------------------------------------- Shape
+@emitter("Shape")
+def _emit_shape(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    shape = shape_of(graph, node.inputs[0], node)
+    start = int(node.attrs.get("start", 0))
+    end = node.attrs.get("end")
+    dims = list(shape)[slice(start, None if end is None else int(end))]
+    w = KernelWriter("shape", node)
+    dst = w.buffer(node.outputs[0], graph.tensor(node.outputs[0]).dtype, writable=True)
+    lines = ["  if (blockIdx.x != 0 || threadIdx.x != 0) return;"]
+    lines += [f"  {dst}[{i}] = {w.dim(d)};" for i, d in enumerate(dims)]
+    return [w.finish("\n".join(lines), grid_1d(1, 1), (32, 1, 1))]
+
+
+# --------------------------------------------------------------------------- pooling
+def _pool_geometry(graph: ir.Graph, node: ir.Node, nhwc: bool) -> Tuple[List[int], List[int], List[int], List[int]]:
+    kernel = [int(k) for k in node.attrs["kernel_shape"]]
+    if len(kernel) != 2:
+        raise UnsupportedOpError(f"node {node.name!r} ({node.op}): only 2-D pooling is generated")
+    strides = [int(s) for s in node.attrs.get("strides") or [1, 1]]
+    dilations = [int(d) for d in node.attrs.get("dilations") or [1, 1]]
+    pads = [int(p) for p in node.attrs.get("pads") or [0, 0, 0, 0]]
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "VALID", ""):
+        in_shape = shape_of(graph, node.inputs[0], node)
+        out_shape = shape_of(graph, node.outputs[0], node)
+        spatial_in = in_shape[1:3] if nhwc else in_shape[2:4]
+        spatial_out = out_shape[1:3] if nhwc else out_shape[2:4]
+        if not all(isinstance(d, int) for d in list(spatial_in) + list(spatial_out)):
+            raise UnsupportedOpError(f"node {node.name!r} ({node.op}): auto_pad with symbolic spatial dims")
+        pads = [0, 0, 0, 0]
+        for i in range(2):
+            total = max(0, (spatial_out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial_in[i])
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + 2] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+    return kernel, strides, dilations, pads
+
+
+@emitter("MaxPool", "AveragePool", "tftrt.Pool")
+def _emit_pool(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    """ONNX pools (NCHW) and ``tftrt.Pool`` (NHWC, ``mode`` "max"/"avg", from the layout pass)."""
+    if len(node.outputs) > 1 and node.outputs[1]:
+        raise UnsupportedOpError(f"node {node.name!r} (MaxPool): the Indices output is not generated")
+    nhwc = node.op == "tftrt.Pool"
+    is_max = node.attrs["mode"] == "max" if nhwc else node.op == "MaxPool"
+    x, y = node.inputs[0], node.outputs[0]
+    in_shape = shape_of(graph, x, node)
+    out_shape = shape_of(graph, y, node)
+    (kh, kw), (sh, sw), (dh, dw), pads = _pool_geometry(graph, node, nhwc)
+    dt = graph.tensor(x).dtype
+    t = c_type(dt, node)
+    at = "double" if dt == "float64" else "float"
+    w = KernelWriter("maxpool" if is_max else "avgpool", node)
+    src, dst = w.buffer(x, dt), w.buffer(y, dt, writable=True)
+    if nhwc:
+        n_d, h_d, w_d, c_d = in_shape
+        n, oh, ow, c = "c0", "c1", "c2", "c3"
+        addr = f"((({n} * {w.dim(h_d)} + ih) * {w.dim(w_d)} + iw) * {w.dim(c_d)} + {c})"
+    else:
+        n_d, c_d, h_d, w_d = in_shape
+        n, c, oh, ow = "c0", "c1", "c2", "c3"
+        addr = f"((({n} * {w.dim(c_d)} + {c}) * {w.dim(h_d)} + ih) * {w.dim(w_d)} + iw)"
+    H, W = w.dim(h_d), w.dim(w_d)
+    lines = [f"{at} acc = {'-tl_inf()' if is_max else '0'};", "int count = 0;",
+             f"for (int kh = 0; kh < {kh}; ++kh) {{",
+             f"  const i64 ih = {oh} * {sh} - {pads[0]} + kh * {dh};",
+             f"  for (int kw = 0; kw < {kw}; ++kw) {{",
+             f"    const i64 iw = {ow} * {sw} - {pads[1]} + kw * {dw};"]
+    if not is_max and node.attrs.get("count_include_pad", 0):
+        lines.append(f"    if (ih >= -{pads[0]} && ih < {H} + {pads[2]} && iw >= -{pads[1]} && iw < {W} + {pads[3]}) ++count;")
+        lines.append(f"    if (ih < 0 || ih >= {H} || iw < 0 || iw >= {W}) continue;")
+    else:
+        lines.append(f"    if (ih < 0 || ih >= {H} || iw < 0 || iw >= {W}) continue;")
+        lines.append("    ++count;")
+    lines.append(f"    const {at} v = ({at}){src}[{addr}];")
+    lines.append("    acc = tl_max(acc, v);" if is_max else "    acc += v;")
+    lines += ["  }", "}"]
+    lines.append(f"{dst}[e] = ({t})({'acc' if is_max else f'acc / ({at})count'});")
+    body, grid = _per_element(w, out_shape, lines)
+    return [w.finish(body, grid, (BLOCK, 1, 1))]

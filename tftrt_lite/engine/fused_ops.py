@@ -1,0 +1,365 @@
+"""The ``tftrt.*`` ops the passes create: exact semantics and NumPy reference implementations.
+
+Why a module of its own: three parties must agree on what a fused op means — the fusion
+passes that create it, the code generator / plan builder that emits CUDA (or a library
+call) for it, and the NumPy reference executor that tests every plan against TensorFlow.
+Each op's docstring below is that contract; the function under it is the reference
+implementation (registered with the reference executor, so ``run_graph`` runs fused graphs).
+
+Conventions shared by every op here:
+
+- Inputs are positional; an omitted optional input is ``""`` in ``Node.inputs`` and arrives
+  here as ``None``. Every attribute listed is always present on the node (the passes write
+  them all), so a consumer never guesses a default.
+- Activations are named by ``activation`` (one of :data:`ACTIVATIONS`) with float parameters
+  in ``activation_params`` (``clip``: ``[min, max]``; ``leaky_relu``: ``[alpha]``; others
+  ``[]``). ``relu6`` is ``clip`` with ``[0, 6]``.
+- Reference math runs in the output dtype except where a docstring says otherwise
+  (LayerNorm statistics and Attention softmax are accumulated in float32).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from tftrt_lite.engine.reference import erf as _erf, np_dtype, reference_op
+
+# -- activations ------------------------------------------------------------------------
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # Split by sign so exp never overflows: the reference must not warn on large logits.
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+#: activation name → (number of ``activation_params``, NumPy implementation)
+ACTIVATIONS: Dict[str, tuple] = {
+    "none": (0, lambda x, p: x),
+    "relu": (0, lambda x, p: np.maximum(x, np.zeros((), x.dtype))),
+    "clip": (2, lambda x, p: np.clip(x, x.dtype.type(p[0]), x.dtype.type(p[1]))),
+    "leaky_relu": (1, lambda x, p: np.where(x >= 0, x, x * x.dtype.type(p[0]))),
+    "sigmoid": (0, lambda x, p: _sigmoid(x)),
+    "silu": (0, lambda x, p: x * _sigmoid(x)),
+    "tanh": (0, lambda x, p: np.tanh(x)),
+    "gelu_erf": (0, lambda x, p: (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)),
+    "gelu_tanh": (0, lambda x, p: (0.5 * x * (1.0 + np.tanh(
+        _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))).astype(x.dtype)),
+}
+
+#: the activations a FusedGemm epilogue may carry (see ``fused_gemm``).
+GEMM_ACTIVATIONS = ("none", "relu", "gelu_erf", "gelu_tanh")
+
+
+def apply_activation(x: np.ndarray, name: str, params: Sequence[float]) -> np.ndarray:
+    """Apply activation ``name`` with ``params``; raise ValueError naming a bad one."""
+    try:
+        nparams, fn = ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+    if len(params) != nparams:
+        raise ValueError(f"activation {name!r} takes {nparams} params, got {list(params)}")
+    return fn(x, params)
+
+
+# -- tftrt.FusedConv --------------------------------------------------------------------
+
+def conv2d_nhwc(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: int) -> np.ndarray:
+    """Grouped, dilated 2-D convolution of NHWC ``x`` with OHWI ``w`` (float64 accumulate)."""
+    n, h, wd, c = x.shape
+    o, kh, kw, cg = w.shape
+    if c != cg * group or o % group:
+        raise ValueError(f"conv: input channels {c}, weight {w.shape}, group {group} disagree")
+    sh, sw = strides
+    dh, dw = dilations
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pads[0], pads[2]), (pads[1], pads[3]), (0, 0)))
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(1, 2))
+    win = win[:, ::sh, ::sw, :, ::dh, ::dw]                       # N,Ho,Wo,C,kh,kw
+    ho, wo = win.shape[1], win.shape[2]
+    win = win.reshape(n, ho, wo, group, cg, kh, kw)
+    wg = w.astype(np.float64).reshape(group, o // group, kh, kw, cg)
+    if group == 1:
+        y = np.tensordot(win[:, :, :, 0], wg[0], axes=([3, 4, 5], [3, 1, 2]))
+    else:
+        y = np.einsum("nhwgcij,goijc->nhwgo", win, wg, optimize=True)
+    return y.reshape(n, ho, wo, o)
+
+
+@reference_op("tftrt.FusedConv")
+def fused_conv(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.ndarray]:
+    """``Y = act(conv2d(X, W) + B + Z)`` in NHWC — a cuDNN convolution call at run time.
+
+    Inputs:  ``X`` [N, H, W, C] activations (NHWC);
+             ``W`` [O, kH, kW, C/group] weights (cuDNN NHWC filter layout, "OHWI");
+             ``B`` [O] bias, optional;
+             ``Z`` [N, Ho, Wo, O] residual added before the activation, optional
+             (cuDNN's ``conv + z + bias → act`` form).
+    Output:  ``Y`` [N, Ho, Wo, O], dtype of ``X``.
+    Attrs:   ``strides`` [sH, sW]; ``pads`` [top, left, bottom, right] (ONNX order: begins
+             then ends); ``dilations`` [dH, dW]; ``group`` int (C for depthwise);
+             ``activation`` / ``activation_params`` (any of :data:`ACTIVATIONS`).
+    """
+    x, w, b, z = (list(inputs) + [None, None])[:4]
+    y = conv2d_nhwc(x, w, attrs["strides"], attrs["pads"], attrs["dilations"], attrs["group"])
+    if b is not None:
+        y = y + b.astype(np.float64)
+    if z is not None:
+        y = y + z.astype(np.float64)
+    y = y.astype(x.dtype)
+    return [apply_activation(y, attrs["activation"], attrs["activation_params"])]
+
+
+# -- tftrt.Pool ------------------------------------------------------------------------
+
+@reference_op("tftrt.Pool")
+def pool(inputs: Sequence[np.ndarray], attrs: Dict) -> List[np.ndarray]:
+    """ONNX ``MaxPool``/``AveragePool`` semantics on NHWC activations (cuDNN NHWC pooling).
+
+    Input:   ``X`` [N, H, W, C].   Output: ``Y`` [N, Ho, Wo, C], dtype of ``X``.
+    Attrs:   ``mode`` "max" | "avg"; ``kernel_shape`` [kH, kW]; ``strides`` [sH, sW];
+             ``pads`` [top, left, bottom, right]; ``dilations`` [dH, dW]; ``ceil_mode`` 0/1;
+             ``count_include_pad`` 0/1 (avg: whether explicit padding counts in the divisor;
+             the extra cells ``ceil_mode`` adds past the padding never count).
+    """
+    (x,) = inputs
+    kh, kw = attrs["kernel_shape"]
+    sh, sw = attrs["strides"]
+    dh, dw = attrs["dilations"]
+    pt, pl, pb, pr = attrs["pads"]
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    n, h, w, c = x.shape
+    rnd = math.ceil if attrs["ceil_mode"] else math.floor
+    ho = int(rnd((h + pt + pb - eh) / sh)) + 1
+    wo = int(rnd((w + pl + pr - ew) / sw)) + 1
+    if attrs["ceil_mode"]:  # ONNX: the last window must start inside the (padded) input
+        ho -= (ho - 1) * sh >= h + pt
+        wo -= (wo - 1) * sw >= w + pl
+    xb, xr = max(0, (ho - 1) * sh + eh - h - pt - pb), max(0, (wo - 1) * sw + ew - w - pl - pr)
+    fill = -np.inf if attrs["mode"] == "max" else 0.0
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb + xb), (pl, pr + xr), (0, 0)),
+                constant_values=fill)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(1, 2))
+    win = win[:, ::sh, ::sw, :, ::dh, ::dw][:, :ho, :wo]
+    if attrs["mode"] == "max":
+        return [win.max(axis=(-1, -2)).astype(x.dtype)]
+    if attrs["mode"] != "avg":
+        raise ValueError(f"tftrt.Pool: mode {attrs['mode']!r} is not 'max' or 'avg'")
+    inside = np.zeros(xp.shape[1:3])
+    if attrs["count_include_pad"]:
+        inside[: h + pt + pb, : w + pl + pr] = 1
+    else:
+        inside[pt:pt + h, pl:pl + w] = 1
+    cnt = np.lib.stride_tricks.sliding_window_view(inside, (eh, ew))[::sh, ::sw, ::dh, ::dw]
+    cnt = cnt[:ho, :wo].sum(axis=(-1, -2))
+    return [(win.sum(axis=(-1, -2)) / cnt[None, :, :, None]).astype(x.dtype)]
+
+
+# -- tftrt.FusedGemm --------------------------------------------------------------------
+
+@reference_op("tftrt.FusedGemm")
+def fused_gemm(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.ndarray]:
+    """``Y = act(alpha · op(A) @ op(B) + bias)`` — a cuBLASLt matmul with epilogue.
+
+    Inputs:  ``A`` [..., M, K] (or [..., K, M] with ``trans_a``);
+             ``B`` [..., K, Nc] (or [..., Nc, K] with ``trans_b``); batch dims of A and B
+             broadcast like ``numpy.matmul`` (a 2-D B with batched A is the common
+             "Dense on a sequence" case; a builder may flatten A's batch dims into M);
+             ``bias`` [Nc], optional, added along the last axis.
+    Output:  ``Y`` [..., M, Nc], dtype of ``A``.
+    Attrs:   ``trans_a``, ``trans_b`` (0/1): transpose the last two axes of the operand;
+             ``alpha`` float; ``activation`` ∈ :data:`GEMM_ACTIVATIONS`,
+             ``activation_params`` ``[]``.
+    cuBLASLt's native epilogues are RELU, GELU (the tanh approximation) and their BIAS
+    forms; ``gelu_erf`` is the exact erf GELU and needs an epilogue kernel of its own —
+    it must not be mapped to cuBLASLt's tanh-approximate GELU.
+    """
+    a, b, bias = (list(inputs) + [None])[:3]
+    if attrs["activation"] not in GEMM_ACTIVATIONS:
+        raise ValueError(f"FusedGemm: activation {attrs['activation']!r} is not one of "
+                         f"{GEMM_ACTIVATIONS}")
+    a64 = np.swapaxes(a, -1, -2) if attrs["trans_a"] else a
+    b64 = np.swapaxes(b, -1, -2) if attrs["trans_b"] else b
+    y = np.matmul(a64.astype(np.float64), b64.astype(np.float64)) * attrs["alpha"]
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    y = y.astype(a.dtype)
+    return [apply_activation(y, attrs["activation"], attrs["activation_params"])]
+
+
+# -- tftrt.FusedElementwise -------------------------------------------------------------
+
+def _ew(arity: int, fn: Callable) -> tuple:
+    return arity, fn
+
+
+#: op name → (arity, fn(args, instruction) → array). The names are ONNX op names and mean
+#: what ONNX means by them; ``Const`` (arity 0) yields the scalar ``instruction["value"]``.
+ELEMENTWISE_OPS: Dict[str, tuple] = {
+    "Const": _ew(0, lambda a, i: np.asarray(i["value"], dtype=np_dtype(i["dtype"]))),
+    "Identity": _ew(1, lambda a, i: a[0]),
+    "Add": _ew(2, lambda a, i: a[0] + a[1]),
+    "Sub": _ew(2, lambda a, i: a[0] - a[1]),
+    "Mul": _ew(2, lambda a, i: a[0] * a[1]),
+    "Div": _ew(2, lambda a, i: (a[0] / a[1]) if np_dtype(i["dtype"]).kind in "fV"
+               else np.trunc(a[0] / a[1])),
+    "Pow": _ew(2, lambda a, i: np.power(a[0], a[1])),
+    "Max": _ew(2, lambda a, i: np.maximum(a[0], a[1])),
+    "Min": _ew(2, lambda a, i: np.minimum(a[0], a[1])),
+    "Neg": _ew(1, lambda a, i: -a[0]),
+    "Abs": _ew(1, lambda a, i: np.abs(a[0])),
+    "Exp": _ew(1, lambda a, i: np.exp(a[0])),
+    "Log": _ew(1, lambda a, i: np.log(a[0])),
+    "Sqrt": _ew(1, lambda a, i: np.sqrt(a[0])),
+    "Reciprocal": _ew(1, lambda a, i: 1 / a[0]),
+    "Floor": _ew(1, lambda a, i: np.floor(a[0])),
+    "Ceil": _ew(1, lambda a, i: np.ceil(a[0])),
+    "Round": _ew(1, lambda a, i: np.round(a[0])),
+    "Sign": _ew(1, lambda a, i: np.sign(a[0])),
+    "Sin": _ew(1, lambda a, i: np.sin(a[0])),
+    "Cos": _ew(1, lambda a, i: np.cos(a[0])),
+    "Tanh": _ew(1, lambda a, i: np.tanh(a[0])),
+    "Erf": _ew(1, lambda a, i: _erf(a[0])),
+    "Sigmoid": _ew(1, lambda a, i: _sigmoid(a[0])),
+    "Relu": _ew(1, lambda a, i: np.maximum(a[0], 0)),
+    "Softplus": _ew(1, lambda a, i: np.logaddexp(a[0], 0)),
+    "LeakyRelu": _ew(1, lambda a, i: np.where(a[0] >= 0, a[0], a[0] * i["alpha"])),
+    "HardSigmoid": _ew(1, lambda a, i: np.clip(a[0] * i["alpha"] + i["beta"], 0, 1)),
+    "Clip": _ew(3, lambda a, i: np.minimum(np.maximum(a[0], a[1]), a[2])),
+    "Cast": _ew(1, lambda a, i: a[0]),  # the conversion is the result dtype itself
+    "Where": _ew(3, lambda a, i: np.where(a[0], a[1], a[2])),
+    "Equal": _ew(2, lambda a, i: a[0] == a[1]),
+    "Less": _ew(2, lambda a, i: a[0] < a[1]),
+    "LessOrEqual": _ew(2, lambda a, i: a[0] <= a[1]),
+    "Greater": _ew(2, lambda a, i: a[0] > a[1]),
+    "GreaterOrEqual": _ew(2, lambda a, i: a[0] >= a[1]),
+    "Not": _ew(1, lambda a, i: np.logical_not(a[0])),
+    "And": _ew(2, lambda a, i: np.logical_and(a[0], a[1])),
+    "Or": _ew(2, lambda a, i: np.logical_or(a[0], a[1])),
+}
+
+
+def check_program(program: Sequence[Dict], n_inputs: int, outputs: Sequence[str]) -> None:
+    """Validate a FusedElementwise program; raise ValueError naming the bad instruction."""
+    for k, ins in enumerate(program):
+        op = ins.get("op")
+        if op not in ELEMENTWISE_OPS:
+            raise ValueError(f"instruction v{k}: unknown elementwise op {op!r}")
+        arity = ELEMENTWISE_OPS[op][0]
+        if len(ins["args"]) != arity:
+            raise ValueError(f"instruction v{k} ({op}) takes {arity} args, got {ins['args']}")
+        for ref in ins["args"]:
+            _check_ref(ref, n_inputs, k, f"instruction v{k} ({op})")
+    for ref in outputs:
+        _check_ref(ref, n_inputs, len(program), "program outputs")
+
+
+_REF = re.compile(r"(in|v)(\d+)")
+
+
+def _check_ref(ref: str, n_inputs: int, n_values: int, where: str) -> None:
+    m = _REF.fullmatch(ref)
+    if m is None:
+        raise ValueError(f"{where}: bad operand reference {ref!r} (want 'in<k>' or 'v<k>')")
+    if int(m.group(2)) >= (n_inputs if m.group(1) == "in" else n_values):
+        raise ValueError(f"{where}: operand {ref!r} is out of range")
+
+
+@reference_op("tftrt.FusedElementwise")
+def fused_elementwise(inputs: Sequence[np.ndarray], attrs: Dict) -> List[np.ndarray]:
+    """A DAG of elementwise ops with NumPy broadcasting, run as ONE kernel.
+
+    Inputs:  any number of tensors; all broadcast (NumPy/ONNX multidirectional rules) to
+             the output shape ``S`` (the broadcast of every input shape).
+    Outputs: one or more tensors, each of shape ``S`` (a pass only exposes values of the
+             full shape), dtypes as their instructions say.
+    Attrs:   ``program``: list of instructions, in order; instruction ``k`` defines value
+             ``v<k>`` and is a dict ``{"op": str, "args": [ref...], "dtype": str, ...}``:
+               - ``op`` ∈ :data:`ELEMENTWISE_OPS` (ONNX meaning, e.g. ``Clip`` takes
+                 ``[x, min, max]``, ``Where`` takes ``[cond, a, b]``);
+               - each ``ref`` is ``"in<j>"`` (node input j, read at the broadcast index)
+                 or ``"v<j>"`` with ``j < k`` — straight-line SSA, no control flow;
+               - ``dtype`` is the result dtype (for ``Cast`` it is the target type;
+                 comparisons give ``bool``);
+               - ``Const`` carries ``"value"`` (a Python scalar: an immediate in CUDA C);
+                 ``LeakyRelu`` carries ``"alpha"``; ``HardSigmoid`` ``"alpha"``/``"beta"``.
+             ``outputs``: list of refs, one per node output, in order.
+    A code generator emits, per output element: one load per input (broadcast index),
+    one C expression per instruction, one store per output.
+    """
+    program, outputs = attrs["program"], attrs["outputs"]
+    check_program(program, len(inputs), outputs)
+    shape = np.broadcast_shapes(*[np.shape(x) for x in inputs]) if inputs else ()
+    values: Dict[str, np.ndarray] = {f"in{j}": np.asarray(x) for j, x in enumerate(inputs)}
+    for k, ins in enumerate(program):
+        fn = ELEMENTWISE_OPS[ins["op"]][1]
+        args = [values[r] for r in ins["args"]]
+        with np.errstate(all="ignore"):  # inf/nan propagate exactly as on the GPU
+            values[f"v{k}"] = np.asarray(fn(args, ins)).astype(np_dtype(ins["dtype"]), copy=False)
+    return [np.ascontiguousarray(np.broadcast_to(values[r], shape)) for r in outputs]
+
+
+# -- tftrt.LayerNorm --------------------------------------------------------------------
+
+@reference_op("tftrt.LayerNorm")
+def layer_norm(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.ndarray]:
+    """Last-axis layer normalisation with an optional fused residual add on the input.
+
+    Inputs:  ``X`` [..., D]; ``scale`` [D]; ``bias`` [D] (optional);
+             ``R`` residual, same shape as X (optional).
+    Outputs: ``Y`` [..., D] = ``(S - mean(S)) / sqrt(var(S) + epsilon) * scale + bias`` with
+             ``S = X + R`` (or ``X``); mean/var over the last axis, biased variance,
+             accumulated in float32 whatever the I/O dtype;
+             optional second output ``S`` (present when the pre-norm sum is consumed
+             elsewhere, e.g. pre-LN transformers).
+    Attrs:   ``epsilon`` float; ``axis`` = -1 (the only axis supported, kept explicit);
+             ``sum_output`` 0/1: whether the node has the second output ``S``.
+    """
+    x, scale, bias, r = (list(inputs) + [None, None])[:4]
+    if attrs["axis"] != -1:
+        raise ValueError(f"LayerNorm: axis {attrs['axis']} unsupported (only -1)")
+    s = x if r is None else (x + r).astype(x.dtype)
+    s32 = s.astype(np.float32)
+    mean = s32.mean(axis=-1, keepdims=True)
+    var = np.square(s32 - mean).mean(axis=-1, keepdims=True)
+    y = (s32 - mean) / np.sqrt(var + np.float32(attrs["epsilon"])) * scale.astype(np.float32)
+    if bias is not None:
+        y = y + bias.astype(np.float32)
+    return [y.astype(x.dtype), s] if attrs["sum_output"] else [y.astype(x.dtype)]
+
+
+# -- tftrt.Attention --------------------------------------------------------------------
+
+@reference_op("tftrt.Attention")
+def attention(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.ndarray]:
+    """Scaled dot-product attention ``softmax(Q·Kᵀ·scale + mask) · V`` on batched matrices.
+
+    Inputs:  ``Q`` [..., Sq, D];
+             ``K`` [..., Sk, D], or [..., D, Sk] when ``k_transposed`` = 1 (the form einsum
+             lowerings produce);
+             ``V`` [..., Sk, Dv];
+             ``mask`` additive, broadcastable to [..., Sq, Sk] (optional).
+             Leading (batch/head) dims of Q, K, V are equal — e.g. [B*H] or [B, H].
+    Output:  ``O`` [..., Sq, Dv], dtype of Q.
+    Attrs:   ``scale`` float; ``k_transposed`` 0/1.
+    The softmax is over the last axis, computed in float32 with max subtraction (what a
+    flash-attention style kernel does); a builder may reshape the leading dims freely.
+    """
+    q, k, v, mask = (list(inputs) + [None])[:4]
+    kt = k if attrs["k_transposed"] else np.swapaxes(k, -1, -2)
+    s = np.matmul(q.astype(np.float64), kt.astype(np.float64)) * attrs["scale"]
+    if mask is not None:
+        s = s + mask.astype(np.float64)
+    s = s - s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(axis=-1, keepdims=True)
+    return [np.matmul(p, v.astype(np.float64)).astype(q.dtype)]

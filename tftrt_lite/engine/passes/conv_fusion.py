@@ -1,0 +1,133 @@
+"""Conv epilogue fusion: bias, residual add and activation into one ``tftrt.FusedConv``.
+
+Why: cuDNN's fused ``conv → +bias → +z → activation`` runs the whole epilogue while the
+output tile is still in registers; done separately, each step is a full read and write
+of the activation. ResNet's ``conv → Add(shortcut) → Relu`` and MobileNet's
+``conv → Clip(0, 6)`` become single library calls.
+
+    x ─FusedConv(W,b)─► ─Add(const c)─► ─Add(z)─► ─Relu─► y
+    ==>  x ─FusedConv(W, b+c, Z=z, activation=relu)─► y
+
+A zero ``Pad`` of the spatial dims before a conv (Keras ``ZeroPadding2D``) becomes the
+conv's own padding.
+
+The residual ``z`` must be computed before the conv runs (it is produced earlier in node
+order and does not depend on the conv), and each intermediate must have no other reader.
+When both operands of the Add are convs, the one later in node order takes the other as
+its residual. Runs after layout, so every conv here is already NHWC.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tftrt_lite.engine.fused_ops import ACTIVATIONS
+from tftrt_lite.engine.ir import Graph, Node
+from tftrt_lite.engine.passes.activation_match import match_activation
+from tftrt_lite.engine.passes.graph_edit import (
+    channel_vector,
+    new_const,
+    only_read_by,
+    producer,
+    readers,
+    remove_dead_nodes,
+    scalar_const,
+)
+
+
+def run(graph: Graph, ctx=None) -> None:
+    for conv in list(graph.nodes):
+        if conv.op == "tftrt.FusedConv":
+            _absorb_zero_pad(graph, conv)
+        if conv.op == "tftrt.FusedConv" and conv.attrs["activation"] == "none":
+            _fold_bias(graph, conv)
+            _fuse_residual(graph, conv)
+            _fuse_activation(graph, conv)
+    remove_dead_nodes(graph)
+
+
+def _sole_reader(graph: Graph, conv: Node):
+    y = conv.outputs[0]
+    rs = readers(graph, y)
+    return rs[0] if len(rs) == 1 and only_read_by(graph, y, rs) else None
+
+
+def _absorb_zero_pad(graph: Graph, conv: Node) -> None:
+    """``Pad`` by zeros of H/W only (Keras ZeroPadding2D) becomes the conv's own padding."""
+    pad = producer(graph, conv.inputs[0])
+    if pad is None or pad.op != "Pad" or pad.attrs["mode"] not in ("constant", b"constant"):
+        return
+    pads = graph.const(pad.inputs[1])
+    value = pad.inputs[2] if len(pad.inputs) > 2 else ""
+    if pads is None or (value and scalar_const(graph, value) != 0) or (len(pad.inputs) > 3 and pad.inputs[3]):
+        return
+    begin, end = pads[:4].tolist(), pads[4:].tolist()
+    if len(pads) != 8 or min(begin + end) < 0 or begin[0] or begin[3] or end[0] or end[3]:
+        return
+    if not only_read_by(graph, conv.inputs[0], [conv]):
+        return
+    top, left, bottom, right = conv.attrs["pads"]
+    conv.attrs["pads"] = [top + begin[1], left + begin[2], bottom + end[1], right + end[2]]
+    conv.inputs[0] = pad.inputs[0]
+    graph.nodes.remove(pad)
+    graph.remove_unused_tensors()
+
+
+def _fold_bias(graph: Graph, conv: Node) -> None:
+    while True:
+        r = _sole_reader(graph, conv)
+        if r is None or r.op != "Add":
+            return
+        y = conv.outputs[0]
+        other = r.inputs[1] if r.inputs[0] == y else r.inputs[0]
+        c = graph.const(other)
+        vec = None if c is None else channel_vector(c, 4, -1)
+        channels = graph.const(conv.inputs[1]).shape[0]
+        if vec is None or vec.size not in (1, channels):
+            return
+        bias = graph.const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else 0
+        new_bias = (np.broadcast_to(vec, (channels,)) + bias).astype(c.dtype)
+        conv.inputs[2:3] = [new_const(graph, conv.name + "/bias", new_bias)]
+        _bypass(graph, conv, r)
+
+
+def _fuse_residual(graph: Graph, conv: Node) -> None:
+    r = _sole_reader(graph, conv)
+    if r is None or r.op != "Add":
+        return
+    y = conv.outputs[0]
+    z = r.inputs[1] if r.inputs[0] == y else r.inputs[0]
+    if z == y or graph.const(z) is not None:
+        return
+    yt, zt = graph.tensor(y), graph.tensor(z)
+    if yt.shape is None or zt.shape is None or tuple(yt.shape) != tuple(zt.shape) or yt.dtype != zt.dtype:
+        return
+    zp = producer(graph, z)
+    if zp is not None and graph.nodes.index(zp) > graph.nodes.index(conv):
+        return  # z is computed after the conv (maybe from it): the other operand's conv fuses
+    while len(conv.inputs) < 4:
+        conv.inputs.append("")
+    conv.inputs[3] = z
+    _bypass(graph, conv, r)
+
+
+def _fuse_activation(graph: Graph, conv: Node) -> None:
+    m = match_activation(graph, conv.outputs[0], [a for a in ACTIVATIONS if a != "none"])
+    if m is None:
+        return
+    name, params, out, nodes = m
+    conv.attrs["activation"], conv.attrs["activation_params"] = name, params
+    _retarget(graph, conv, out, nodes)
+
+
+def _bypass(graph: Graph, conv: Node, r: Node) -> None:
+    _retarget(graph, conv, r.outputs[0], [r])
+
+
+def _retarget(graph: Graph, conv: Node, out: str, absorbed) -> None:
+    """Make ``conv`` write ``out`` (the last absorbed node's output) and drop ``absorbed``."""
+    old = conv.outputs[0]
+    conv.outputs[0] = out
+    for n in absorbed:
+        graph.nodes.remove(n)
+    graph.tensors.pop(old, None)
+    graph.remove_unused_tensors()

@@ -1,0 +1,121 @@
+// The GPU plan executor: runs an engine plan (plan_format.h) on a CUDA stream.
+//
+// Why TensorFlow-free: the same executor runs inside the TftrtLiteEngine op and in a
+// small C harness (harness.cc) that tests drive with CuPy buffers, so its numerics are
+// tested on a GPU without TensorFlow and the op stays a thin adapter. Memory comes from
+// the caller's allocator (TensorFlow's, in the op), work goes on the caller's stream,
+// and nothing synchronises the device.
+//
+// A plan is parsed and checked once (Create). Everything bound to a device (loaded
+// modules, uploaded weights, cuBLASLt/cuDNN handles) is created on the first Run in a
+// CUDA context and cached per context; library descriptors and algorithm choices are
+// cached per (step, symbol values). Several threads may call Run on one Executor at
+// once: per-call state lives on the caller's stack and every cache is under a mutex.
+#ifndef TFTRT_LITE_RUNTIME_CC_EXECUTOR_H_
+#define TFTRT_LITE_RUNTIME_CC_EXECUTOR_H_
+
+#include <cuda.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "plan_format.h"
+
+namespace tftrt_lite {
+
+// The outcome of an executor call. The code tells the op which fallback applies.
+class Status {
+ public:
+  enum Code {
+    kOk = 0,
+    kInvalidPlan,   // the plan bytes are not a plan this runtime can execute
+    kUnavailable,   // the plan cannot be loaded on this device (arch, libraries)
+    kOutOfProfile,  // the inputs' shapes are outside what the plan was built for
+    kExecution,     // a CUDA, cuBLASLt, cuDNN or allocation call failed
+  };
+
+  Status() = default;
+  static Status Ok() { return Status(); }
+  static Status Error(Code code, std::string message) { return Status(code, std::move(message)); }
+
+  bool ok() const { return code_ == kOk; }
+  Code code() const { return code_; }
+  const std::string& message() const { return message_; }
+
+ private:
+  Status(Code code, std::string message) : code_(code), message_(std::move(message)) {}
+  Code code_ = kOk;
+  std::string message_;
+};
+
+// A device tensor handed to or returned by Run.
+struct DeviceTensor {
+  CUdeviceptr ptr = 0;
+  std::vector<int64_t> shape;
+};
+
+// Where Run gets device memory. Both calls are made before any work is enqueued;
+// the memory must stay valid until the work enqueued on the stream has finished (a
+// stream-ordered allocator such as TensorFlow's gives exactly that).
+class DeviceAllocator {
+ public:
+  virtual ~DeviceAllocator() = default;
+  // Scratch memory (the arena and library workspaces), at least 256-byte aligned.
+  virtual Status AllocateTemp(uint64_t bytes, CUdeviceptr* ptr) = 0;
+  // Engine output `index` of `shape` (dtype from the plan), at least 256-byte aligned.
+  virtual Status AllocateOutput(int index, const std::vector<int64_t>& shape, uint64_t bytes,
+                                CUdeviceptr* ptr) = 0;
+};
+
+class Executor {
+ public:
+  // Parses `plan_bytes` (copied) and checks that every step is one this executor can
+  // run. Fails with kInvalidPlan naming what is wrong; touches no GPU.
+  static Status Create(std::string plan_bytes, std::unique_ptr<Executor>* executor);
+  ~Executor();
+
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  const plan::Plan& plan() const { return plan_; }
+  int num_inputs() const { return num_inputs_; }
+  int num_outputs() const { return num_outputs_; }
+  // Plan dtype code (plan::DType) of input / output `i`.
+  uint32_t input_dtype(int i) const { return input_dtypes_[i]; }
+  uint32_t output_dtype(int i) const { return output_dtypes_[i]; }
+
+  // Runs the plan on `stream` (its context is made current for the call). `inputs`
+  // are device pointers with their shapes; `outputs` receives one tensor per engine
+  // output, allocated through `allocator`.
+  Status Run(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
+             std::vector<DeviceTensor>* outputs);
+
+  struct DeviceState;  // per CUDA context: modules, weights, handles, caches
+
+ private:
+  explicit Executor(std::string plan_bytes);
+  Status Validate();
+  Status GetDeviceState(CUcontext context, DeviceState** state);
+
+  std::string bytes_;  // the plan keeps pointers into these bytes
+  plan::Plan plan_;
+  int num_inputs_ = 0;
+  int num_outputs_ = 0;
+  std::vector<uint32_t> input_dtypes_, output_dtypes_;
+  bool needs_cublaslt_ = false, needs_cudnn_ = false;
+
+  std::mutex mu_;  // guards devices_
+  std::map<CUcontext, std::unique_ptr<DeviceState>> devices_;
+};
+
+// Whether fp32 GEMMs and convolutions may use TF32 tensor cores: yes, as in
+// TensorFlow, unless TFTRT_LITE_ALLOW_TF32=0 (read once per process).
+bool Tf32Allowed();
+
+}  // namespace tftrt_lite
+
+#endif  // TFTRT_LITE_RUNTIME_CC_EXECUTOR_H_
