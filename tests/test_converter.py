@@ -19,6 +19,7 @@ import tensorflow as tf
 import model_zoo
 import tftrt_lite
 import zoo
+from tftrt_lite.engine import Engine
 from tftrt_lite.errors import NotSupportedYetError, TftrtLiteError
 from tftrt_lite.verify import verify_engine
 
@@ -45,9 +46,13 @@ def test_zoo_engine_math_matches_tensorflow_at_two_batch_sizes(name):
 def test_zoo_engine_kernels_compiled_for_sm80_and_sm90(name):
     engine = zoo.engine(name)
     assert engine.kernels, "every zoo engine has generated kernels"
+    assert engine.stats["kernel_count"] == len(engine.kernels)
     for kernel in engine.kernels:
         assert [image.arch for image in kernel.images] == ["sm_80", "sm_90"]
         assert all(image.cubin[:4] == b"\x7fELF" for image in kernel.images)
+    if name != "bert_encoder":
+        assert engine.stats["library_calls"] >= 1 and "tftrt.FusedConv" in engine.stats["ops"]
+    assert Engine.deserialize(engine.serialize()).serialize() == engine.serialize()
 
 
 _FRESH_PROCESS = r"""

@@ -135,45 +135,21 @@ def test_intermediates_and_registered_ops(monkeypatch):
     np.testing.assert_array_equal(values["y"], -2 * x)
 
 
-# -- the model zoo through tf2onnx ------------------------------------------------------------------
-def _erfc_to_sub_erf(ctx, node, name, args):
-    """tf2onnx 1.17 has no Erfc handler (Keras' exact gelu uses it): erfc(x) = 1 - erf(x)."""
-    from tf2onnx import utils
-
-    x = node.input[0]
-    one = ctx.make_const(utils.make_name(node.name + "/one"),
-                         np.array(1, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(x))))
-    erf = ctx.make_node("Erf", [x], op_name_scope=node.name)
-    node.type = "Sub"
-    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
-
-
-def _lower(saved_model_dir):
-    import tensorflow as tf
-    import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    loaded = tf.saved_model.load(saved_model_dir)
-    frozen = convert_variables_to_constants_v2(loaded.signatures["serving_default"])
-    proto, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs], opset=17,
-        custom_op_handlers={"Erfc": (_erfc_to_sub_erf, [])})
-    return loaded, proto
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["resnet50", "mobilenetv2", "vgg16", "bert_encoder"])
-def test_zoo_model_matches_tensorflow(model_name, tmp_path):
-    from tests import model_zoo
+def test_zoo_model_matches_tensorflow(model_name):
+    import tensorflow as tf
 
-    loaded, proto = _lower(model_zoo.build_saved_model(model_name, str(tmp_path)))
+    import model_zoo
+    import zoo
+
+    loaded = tf.saved_model.load(zoo.saved_model(model_name))
     fn = loaded.signatures["serving_default"]  # `loaded` keeps the variables alive
-    graph = import_onnx(proto)
+    graph = import_onnx(zoo.lowered(model_name).onnx_model)
     assert graph.summary().get("Shape", 0) == 0, "shape subgraphs must fold at import"
     (onnx_input,) = graph.inputs
     for batch in (1, 3):
         (arg, value), = model_zoo.random_inputs(model_name, batch, seed=batch).items()
-        want = fn(**{arg: value})["output_0"].numpy()
+        want = fn(**{arg: tf.constant(value)})["output_0"].numpy()
         got = run_graph(graph, {onnx_input: value})[graph.outputs[0]]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -111,7 +111,7 @@ def models(tmp_path_factory):
     return {
         "two": str(root / "two"),
         "odd": str(root / "odd"),
-        "cnn": model_zoo.export(_small_cnn(), str(root / "cnn")),
+        "cnn": model_zoo.export(_small_cnn(), str(root / "cnn"), "image"),
         "bert": model_zoo.build_saved_model("bert_encoder", str(root)),
         "tagged": _retag(str(root / "two"), str(root / "tagged"), ["serve", "gpu"]),
     }

@@ -2,7 +2,8 @@
 import pytest
 
 from tftrt_lite.segment import NON_EFFECTIVE_OPS, segment_graph
-from zoo_graphs import protected_nodes, zoo_signature
+from zoo import protected_nodes
+from zoo import signature as zoo_signature
 
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "vgg16", "bert_encoder"])

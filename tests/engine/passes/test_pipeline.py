@@ -1,8 +1,5 @@
 """The ordered pipeline: its report and invariant checks on a small graph, then the
 reference models end to end (lowered with tf2onnx, imported, optimised) against TensorFlow."""
-import os
-import sys
-
 import numpy as np
 import pytest
 
@@ -53,29 +50,17 @@ def test_a_pass_that_breaks_the_graph_is_named(builder):
 
 # -- reference models ---------------------------------------------------------------------
 
-def _lower(name, root):
-    """SavedModel → frozen serving signature → ONNX (opset 17) → IR, batch dim named N."""
+def _lower(name):
+    """The zoo model's serving signature, its engine's ONNX imported to IR, and the zoo module."""
     import tensorflow as tf
-    import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    import tftrt_lite.lower.tf2onnx_handlers  # noqa: F401  (Keras' exact GELU uses Erfc)
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
     import model_zoo
+    import zoo
 
-    loaded = tf.saved_model.load(model_zoo.build_saved_model(name, str(root)))
+    loaded = tf.saved_model.load(zoo.saved_model(name))
     fn = loaded.signatures["serving_default"]
     fn.owner = loaded  # the signature's variables die with the loaded object
-    frozen = convert_variables_to_constants_v2(fn)
-    model, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs], opset=17)
-    for vi in model.graph.input:
-        dim = vi.type.tensor_type.shape.dim[0]
-        dim.ClearField("dim_value")
-        dim.dim_param = "N"
-    return fn, import_onnx(model, name=name), model_zoo
+    return fn, import_onnx(zoo.lowered(name).onnx_model, name=name), model_zoo
 
 
 def _expose_logits(graph):
@@ -98,8 +83,8 @@ def _compare_with_tf(name, fn, graph, out, model_zoo, batch=2):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "vgg16"])
-def test_cnn_zoo_models(name, tmp_path_factory):
-    fn, graph, model_zoo = _lower(name, tmp_path_factory.mktemp("zoo"))
+def test_cnn_zoo_models(name):
+    fn, graph, model_zoo = _lower(name)
     _expose_logits(graph)
     n_convs = graph.summary()["Conv"]
     out, report = run_pipeline(graph)
@@ -120,9 +105,9 @@ def test_cnn_zoo_models(name, tmp_path_factory):
     _compare_with_tf(name, fn, graph, out, model_zoo)
 
 
-def test_bert_encoder(tmp_path_factory):
+def test_bert_encoder():
     layers = 2  # the zoo default
-    fn, graph, model_zoo = _lower("bert_encoder", tmp_path_factory.mktemp("zoo"))
+    fn, graph, model_zoo = _lower("bert_encoder")
     out, report = run_pipeline(graph)
     ops = out.summary()
     assert ops["tftrt.Attention"] == layers

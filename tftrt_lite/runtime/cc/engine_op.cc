@@ -3,18 +3,22 @@
 // A converted SavedModel replaces each supported subgraph with one TftrtLiteEngine
 // node. The node carries the engine plan (built in Python at conversion time) and,
 // unless the model was saved without them, the original subgraph as a function
-// (`segment_func`). This runtime has no GPU plan executor yet, so every call runs
-// that native segment through the function library runtime, the way TF-TRT's
-// TRTEngineOp runs its `segment_func`. Because silently falling back would let a
-// broken engine pass for a working one, every fallback is counted (stats.h), logged
-// once per node, and can be turned into an error with
-// TFTRT_LITE_ALLOW_NATIVE_FALLBACK=0.
+// (`segment_func`). On a GPU the plan runs through the executor (executor.h) on
+// TensorFlow's CUDA stream, with scratch and outputs from TensorFlow's allocator.
+// When the engine cannot run (CPU device, a plan this device cannot load, an input
+// outside the engine's shapes, a failed execution) the op runs the native segment
+// through the function library runtime, the way TF-TRT's TRTEngineOp runs its
+// `segment_func`. Because silently falling back would let a broken engine pass for a
+// working one, every fallback is counted (stats.h), logged once per node, and can be
+// turned into an error with TFTRT_LITE_ALLOW_NATIVE_FALLBACK=0.
 #include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "executor.h"
+#include "plan_format.h"
 #include "stats.h"
 #include "tensorflow/core/framework/function.h"
 #include "tensorflow/core/framework/op.h"
@@ -25,12 +29,14 @@
 #include "tensorflow/core/platform/logging.h"
 #include "tensorflow/core/platform/mutex.h"
 #include "tensorflow/core/util/env_var.h"
+#include "xla/stream_executor/stream.h"
 
 namespace tftrt_lite {
 namespace {
 
 using ::tensorflow::AsyncOpKernel;
 using ::tensorflow::AttrSlice;
+using ::tensorflow::DataType;
 using ::tensorflow::DataTypeString;
 using ::tensorflow::FunctionDef;
 using ::tensorflow::FunctionLibraryDefinition;
@@ -129,6 +135,7 @@ enum class FallbackReason {
   kNoGpu,
   kNoExecutor,
   kShapeMismatch,
+  kExecutionError,
 };
 
 Counter CounterFor(FallbackReason reason) {
@@ -139,6 +146,8 @@ Counter CounterFor(FallbackReason reason) {
       return Counter::kFallbackNoExecutor;
     case FallbackReason::kShapeMismatch:
       return Counter::kFallbackShapeMismatch;
+    case FallbackReason::kExecutionError:
+      return Counter::kFallbackExecutionError;
   }
   return Counter::kFallbackNoExecutor;
 }
@@ -148,12 +157,82 @@ const char* Describe(FallbackReason reason) {
     case FallbackReason::kNoGpu:
       return "the op is placed on a CPU device and engines run only on GPUs";
     case FallbackReason::kNoExecutor:
-      return "this tftrt_lite runtime has no GPU plan executor";
+      return "the engine plan cannot be loaded on this device";
     case FallbackReason::kShapeMismatch:
       return "an input shape is outside the engine's input_shapes";
+    case FallbackReason::kExecutionError:
+      return "the engine failed while running";
   }
   return "unknown reason";
 }
+
+// The plan's dtype code for a TensorFlow dtype, or kNumDTypes if plans have none.
+uint32_t PlanDType(DataType dtype) {
+  switch (dtype) {
+    case tensorflow::DT_FLOAT: return plan::kFloat32;
+    case tensorflow::DT_HALF: return plan::kFloat16;
+    case tensorflow::DT_BFLOAT16: return plan::kBFloat16;
+    case tensorflow::DT_DOUBLE: return plan::kFloat64;
+    case tensorflow::DT_INT8: return plan::kInt8;
+    case tensorflow::DT_UINT8: return plan::kUInt8;
+    case tensorflow::DT_INT16: return plan::kInt16;
+    case tensorflow::DT_UINT16: return plan::kUInt16;
+    case tensorflow::DT_INT32: return plan::kInt32;
+    case tensorflow::DT_UINT32: return plan::kUInt32;
+    case tensorflow::DT_INT64: return plan::kInt64;
+    case tensorflow::DT_UINT64: return plan::kUInt64;
+    case tensorflow::DT_BOOL: return plan::kBool;
+    default: return plan::kNumDTypes;
+  }
+}
+
+// The executor's memory, from TensorFlow's allocator for this kernel's device. Scratch
+// tensors are held until the allocator goes out of scope after the work is enqueued;
+// TensorFlow's GPU allocator orders their reuse on the compute stream.
+class OpKernelAllocator : public DeviceAllocator {
+ public:
+  explicit OpKernelAllocator(OpKernelContext* ctx) : ctx_(ctx) {}
+
+  tftrt_lite::Status AllocateTemp(uint64_t bytes, CUdeviceptr* ptr) override {
+    temps_.emplace_back();
+    absl::Status s = ctx_->allocate_temp(tensorflow::DT_UINT8,
+                                         tensorflow::TensorShape({static_cast<int64_t>(bytes)}),
+                                         &temps_.back());
+    if (!s.ok()) {
+      return tftrt_lite::Status::Error(
+          tftrt_lite::Status::kExecution,
+          absl::StrCat("allocating ", bytes, " bytes of scratch failed: ", s.message()));
+    }
+    *ptr = reinterpret_cast<CUdeviceptr>(temps_.back().tensor_data().data());
+    return tftrt_lite::Status::Ok();
+  }
+
+  tftrt_lite::Status AllocateOutput(int index, const std::vector<int64_t>& shape, uint64_t bytes,
+                                    CUdeviceptr* ptr) override {
+    tensorflow::TensorShape tf_shape;
+    absl::Status s = tensorflow::TensorShape::BuildTensorShape(shape, &tf_shape);
+    Tensor* out = nullptr;
+    if (s.ok()) s = ctx_->allocate_output(index, tf_shape, &out);
+    if (!s.ok()) {
+      return tftrt_lite::Status::Error(
+          tftrt_lite::Status::kExecution,
+          absl::StrCat("allocating output ", index, " failed: ", s.message()));
+    }
+    if (out->TotalBytes() != bytes) {
+      return tftrt_lite::Status::Error(
+          tftrt_lite::Status::kExecution,
+          absl::StrCat("output ", index, " is ", DataTypeString(out->dtype()), " of shape ",
+                       tf_shape.DebugString(), " (", out->TotalBytes(), " bytes), the plan writes ",
+                       bytes, " bytes"));
+    }
+    *ptr = reinterpret_cast<CUdeviceptr>(out->tensor_data().data());
+    return tftrt_lite::Status::Ok();
+  }
+
+ private:
+  OpKernelContext* ctx_;
+  std::vector<Tensor> temps_;
+};
 
 // Returns the env switch; read on every call (one getenv) so that a process can
 // turn fallbacks off or on between runs without rebuilding its graphs.
@@ -176,15 +255,54 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
                 absl::InvalidArgumentError(absl::StrCat(
                     Label(), " has ", ctx->num_inputs(), " inputs but ",
                     input_shapes_.size(), " input_shapes")));
+    if (on_gpu_) LoadExecutor(ctx);
   }
 
   void ComputeAsync(OpKernelContext* ctx, DoneCallback done) override {
     IncrementCounter(Counter::kEngineCalls);
-    const FallbackReason reason = ChooseFallbackReason(ctx);
+    FallbackReason reason;
+    std::string detail;
+    if (!on_gpu_) {
+      reason = FallbackReason::kNoGpu;
+    } else if (!InputsMatchShapes(ctx)) {
+      reason = FallbackReason::kShapeMismatch;
+    } else if (executor_ == nullptr) {
+      reason = FallbackReason::kNoExecutor;
+      detail = executor_error_;
+    } else {
+      const tftrt_lite::Status status = RunEngine(ctx);
+      if (status.ok()) {
+        done();
+        return;
+      }
+      switch (status.code()) {
+        case tftrt_lite::Status::kOutOfProfile:
+          reason = FallbackReason::kShapeMismatch;
+          break;
+        case tftrt_lite::Status::kUnavailable:
+        case tftrt_lite::Status::kInvalidPlan:
+          reason = FallbackReason::kNoExecutor;
+          break;
+        default:
+          reason = FallbackReason::kExecutionError;
+      }
+      detail = status.message();
+    }
+    Fallback(ctx, reason, detail, std::move(done));
+  }
+
+ private:
+  // Runs the native segment in place of the engine, or fails the call when that is
+  // impossible (no segment_func) or disabled.
+  void Fallback(OpKernelContext* ctx, FallbackReason reason,
+                const std::string& detail, DoneCallback done) {
+    const std::string because =
+        detail.empty() ? Describe(reason)
+                       : absl::StrCat(Describe(reason), " (", detail, ")");
     if (segment_func_.name().empty()) {
       IncrementCounter(Counter::kRefusedCalls);
       ctx->SetStatus(absl::FailedPreconditionError(absl::StrCat(
-          Label(), " cannot run: ", Describe(reason),
+          Label(), " cannot run: ", because,
           ", and the model was saved without native segments (segment_func "
           "is empty), so it needs the GPU engine executor")));
       done();
@@ -196,13 +314,13 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
       IncrementCounter(Counter::kRefusedCalls);
       ctx->SetStatus(absl::FailedPreconditionError(absl::StrCat(
           "native fallback disabled (", kAllowFallbackEnvVar, "=0): ", Label(),
-          " would have run its native segment because ", Describe(reason))));
+          " would have run its native segment because ", because)));
       done();
       return;
     }
     if (!fallback_logged_.exchange(true)) {
       LOG(WARNING) << Label() << " runs its native segment '"
-                   << segment_func_.name() << "' because " << Describe(reason)
+                   << segment_func_.name() << "' because " << because
                    << ". Logged once per node; every fallback is counted in "
                       "tftrt_lite.runtime.stats().";
     }
@@ -211,20 +329,90 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
     RunNativeSegment(ctx, std::move(done));
   }
 
- private:
   std::string Label() const {
     return absl::StrCat("TftrtLiteEngine '", engine_name_, "' (node '", name(),
                         "')");
   }
 
-  FallbackReason ChooseFallbackReason(OpKernelContext* ctx) const {
-    if (!on_gpu_) return FallbackReason::kNoGpu;
+  bool InputsMatchShapes(OpKernelContext* ctx) const {
     for (int i = 0; i < ctx->num_inputs(); ++i) {
       if (!input_shapes_[i].IsCompatibleWith(ctx->input(i).shape())) {
-        return FallbackReason::kShapeMismatch;
+        return false;
       }
     }
-    return FallbackReason::kNoExecutor;
+    return true;
+  }
+
+  // Parses the plan once per kernel and checks it against the node's signature. A
+  // plan that cannot serve this node leaves executor_ empty and says why in
+  // executor_error_; calls then fall back (reason no_executor).
+  void LoadExecutor(OpKernelConstruction* ctx) {
+    std::string serialized_plan;
+    int64_t version = 0;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("serialized_plan", &serialized_plan));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("plan_format_version", &version));
+    if (version != plan::kFormatVersion) {
+      executor_error_ = absl::StrCat(
+          "plan_format_version ", version, " is not the version this runtime reads (",
+          plan::kFormatVersion, "); rebuild the engine with the installed tftrt_lite");
+      return;
+    }
+    std::unique_ptr<Executor> executor;
+    const tftrt_lite::Status status =
+        Executor::Create(std::move(serialized_plan), &executor);
+    if (!status.ok()) {
+      executor_error_ = status.message();
+      return;
+    }
+    if (executor->num_inputs() != ctx->num_inputs() ||
+        executor->num_outputs() != ctx->num_outputs()) {
+      executor_error_ = absl::StrCat(
+          "the plan has ", executor->num_inputs(), " inputs and ",
+          executor->num_outputs(), " outputs, the node ", ctx->num_inputs(),
+          " and ", ctx->num_outputs());
+      return;
+    }
+    for (int i = 0; i < ctx->num_inputs(); ++i) {
+      if (PlanDType(ctx->input_type(i)) != executor->input_dtype(i)) {
+        executor_error_ = absl::StrCat("input ", i, " is ",
+                                       DataTypeString(ctx->input_type(i)),
+                                       " but the plan's input ", i,
+                                       " has dtype code ", executor->input_dtype(i));
+        return;
+      }
+    }
+    for (int i = 0; i < ctx->num_outputs(); ++i) {
+      if (PlanDType(ctx->output_type(i)) != executor->output_dtype(i)) {
+        executor_error_ = absl::StrCat("output ", i, " is ",
+                                       DataTypeString(ctx->output_type(i)),
+                                       " but the plan's output ", i,
+                                       " has dtype code ", executor->output_dtype(i));
+        return;
+      }
+    }
+    executor_ = std::move(executor);
+  }
+
+  // Runs the plan on this kernel's CUDA stream. Nothing is synchronised: the outputs
+  // are ready in stream order, as for any other GPU kernel.
+  tftrt_lite::Status RunEngine(OpKernelContext* ctx) {
+    tensorflow::DeviceContext* device_context = ctx->op_device_context();
+    if (device_context == nullptr || device_context->stream() == nullptr) {
+      return tftrt_lite::Status::Error(tftrt_lite::Status::kUnavailable,
+                                       "the GPU device gave the op no stream");
+    }
+    CUstream stream = static_cast<CUstream>(
+        device_context->stream()->platform_specific_handle().stream);
+    std::vector<DeviceTensor> inputs(ctx->num_inputs());
+    for (int i = 0; i < ctx->num_inputs(); ++i) {
+      const Tensor& t = ctx->input(i);
+      inputs[i].ptr = reinterpret_cast<CUdeviceptr>(t.tensor_data().data());
+      const auto dims = t.shape().dim_sizes();  // by value: take begin/end of one copy
+      inputs[i].shape.assign(dims.begin(), dims.end());
+    }
+    OpKernelAllocator allocator(ctx);
+    std::vector<DeviceTensor> outputs;
+    return executor_->Run(stream, inputs, &allocator, &outputs);
   }
 
   // Instantiates segment_func on this kernel's device once per function library
@@ -342,6 +530,8 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
   std::string engine_name_;
   NameAttrList segment_func_;
   std::vector<PartialTensorShape> input_shapes_;
+  std::unique_ptr<Executor> executor_;  // null when the plan cannot run here
+  std::string executor_error_;          // why executor_ is null
   std::atomic<bool> fallback_logged_{false};
 
   mutex mu_;

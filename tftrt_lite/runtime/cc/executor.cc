@@ -267,6 +267,16 @@ Status Executor::GetDeviceState(CUcontext context, DeviceState** out) {
     *out = it->second.get();
     return Status::Ok();
   }
+  auto failed = unloadable_.find(context);
+  if (failed != unloadable_.end()) return failed->second;
+  Status status = LoadDeviceState(context, out);
+  // Only "cannot load here" is final; a failed weight allocation may succeed later.
+  if (status.code() == Status::kUnavailable) unloadable_.emplace(context, status);
+  return status;
+}
+
+// Loads modules, weights and library handles into `context`; called with mu_ held.
+Status Executor::LoadDeviceState(CUcontext context, DeviceState** out) {
   auto unavailable = [](std::string m) { return Status::Error(Status::kUnavailable, std::move(m)); };
   std::string error;
   std::unique_ptr<DeviceState> st(new DeviceState());
@@ -333,11 +343,11 @@ Status Executor::GetDeviceState(CUcontext context, DeviceState** out) {
     r = drv->MemAlloc(&st->weights, plan_.weights_size);
     if (r != CUDA_SUCCESS) {
       st->weights = 0;
-      return unavailable("cannot allocate " + std::to_string(plan_.weights_size) +
-                         " bytes for the engine weights: " + cuda::DriverErrorString(*drv, r));
+      return ExecError("cannot allocate " + std::to_string(plan_.weights_size) +
+                       " bytes for the engine weights: " + cuda::DriverErrorString(*drv, r));
     }
     r = drv->MemcpyHtoD(st->weights, plan_.weights, plan_.weights_size);
-    if (r != CUDA_SUCCESS) return unavailable("cannot upload the engine weights: " + cuda::DriverErrorString(*drv, r));
+    if (r != CUDA_SUCCESS) return ExecError("cannot upload the engine weights: " + cuda::DriverErrorString(*drv, r));
   }
   if (needs_cublaslt_) {
     st->lt_api = cuda::CublasLt(&error);

@@ -100,6 +100,7 @@ class Executor {
   explicit Executor(std::string plan_bytes);
   Status Validate();
   Status GetDeviceState(CUcontext context, DeviceState** state);
+  Status LoadDeviceState(CUcontext context, DeviceState** state);
 
   std::string bytes_;  // the plan keeps pointers into these bytes
   plan::Plan plan_;
@@ -108,8 +109,9 @@ class Executor {
   std::vector<uint32_t> input_dtypes_, output_dtypes_;
   bool needs_cublaslt_ = false, needs_cudnn_ = false;
 
-  std::mutex mu_;  // guards devices_
+  std::mutex mu_;  // guards devices_ and unloadable_
   std::map<CUcontext, std::unique_ptr<DeviceState>> devices_;
+  std::map<CUcontext, Status> unloadable_;  // why the plan cannot load there (not retried)
 };
 
 // Whether fp32 GEMMs and convolutions may use TF32 tensor cores: yes, as in

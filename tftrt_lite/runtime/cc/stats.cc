@@ -14,6 +14,7 @@ constexpr const char* kCounterNames[kNumCounters] = {
     "fallback_no_gpu",
     "fallback_no_executor",
     "fallback_shape_mismatch",
+    "fallback_execution_error",
     "refused_calls",
 };
 

@@ -16,8 +16,9 @@ enum class Counter : int {
   kEngineCalls = 0,            // every TftrtLiteEngine execution attempt
   kFallbackCalls,              // calls served by the native segment function
   kFallbackNoGpu,              // ... because the kernel runs on a CPU device
-  kFallbackNoExecutor,         // ... because this runtime has no GPU plan executor
+  kFallbackNoExecutor,         // ... because the plan cannot be loaded on this device
   kFallbackShapeMismatch,      // ... because an input is outside the engine's shapes
+  kFallbackExecutionError,     // ... because the engine failed while running
   kRefusedCalls,               // calls that needed a fallback and could not have one
   kNumCounters,
 };
