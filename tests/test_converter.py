@@ -220,3 +220,15 @@ def test_save_is_atomic_and_never_overwrites_foreign_directories(split_model, tm
     conv.save(str(target))  # replacing an existing SavedModel is one rename
     assert (target / "saved_model.pb").stat().st_mtime_ns >= first
     assert sorted(os.listdir(tmp_path)) == ["foreign", "model"], "no temporary directories left behind"
+
+
+def test_maximum_cached_engines_sets_the_number_of_captured_shapes(split_model, tmp_path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    conv = tftrt_lite.Converter(input_saved_model_dir=split_model, maximum_cached_engines=3)
+    conv.convert()
+    out = conv.save(str(tmp_path / "m"))
+    proto = saved_model_pb2.SavedModel.FromString(open(os.path.join(out, "saved_model.pb"), "rb").read())
+    nodes = [n for f in proto.meta_graphs[0].graph_def.library.function for n in f.node_def
+             if n.op == "TftrtLiteEngine"]
+    assert len(nodes) == 3 and all(n.attr["max_cached_shapes"].i == 3 for n in nodes)

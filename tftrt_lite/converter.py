@@ -111,8 +111,8 @@ class TrtGraphConverterV2:
     Arguments are TF-TRT's. ``use_dynamic_shape`` is accepted for compatibility:
     engines are always built with symbolic dimensions, so one engine serves every
     shape the signature allows. ``allow_build_at_runtime`` likewise: engines never
-    need a runtime rebuild. ``maximum_cached_engines`` bounds per-shape cached
-    execution state at run time.
+    need a runtime rebuild. ``maximum_cached_engines`` is how many input-shape sets
+    per engine get a captured CUDA graph at run time (others run uncaptured).
     """
 
     def __init__(self,
@@ -195,7 +195,8 @@ class TrtGraphConverterV2:
                 input_dtypes=list(segment.input_dtypes), input_shapes=list(segment.input_shapes),
                 output_dtypes=list(segment.output_dtypes), output_shapes=list(segment.output_shapes),
                 segment_graph_def=lowered.segment_graph_def, plan=engine.serialize(),
-                plan_format_version=FORMAT_VERSION, precision_mode=self._precision))
+                plan_format_version=FORMAT_VERSION, precision_mode=self._precision,
+                max_cached_shapes=self._params.maximum_cached_engines))
             built.append({"engine": name, "segment": segment.name, "build_s": time.perf_counter() - t1, "stats": engine.stats})
         graph_def = replace_segments(sig.graph_def, engines, keep_native_segments=True)
         report = report_lib.signature_report(key, sig, seg, engines, built, failures,

@@ -38,6 +38,7 @@ class EngineSpec:
     plan: bytes
     plan_format_version: int
     precision_mode: str
+    max_cached_shapes: int = 1     # input-shape sets whose launches are captured as CUDA graphs
 
 
 def _split(tensor: str) -> Tuple[str, int]:
@@ -95,6 +96,7 @@ def _engine_node(spec: EngineSpec, control_inputs: Sequence[str], segment_func) 
     node.attr["plan_format_version"].i = spec.plan_format_version
     node.attr["engine_name"].s = spec.name.encode()
     node.attr["precision_mode"].s = spec.precision_mode.encode()
+    node.attr["max_cached_shapes"].i = spec.max_cached_shapes
     node.attr["segment_func"].func.CopyFrom(segment_func)
     return node
 
