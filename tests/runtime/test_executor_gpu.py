@@ -6,11 +6,12 @@ tf2onnx emits: NCHW convs between transposes, MatMul+Add, LayerNormalization...)
 the zoo models lowered the way the converter lowers them run on CuPy buffers, at batch
 1 and 7 of one plan, and must match the engine's NumPy reference at TF32 tolerance.
 Without a GPU the harness still loads (it opens no CUDA library until a run), which is
-where plan validation is checked.
+where plan validation is checked. The harness also carries the executor's measuring
+entry points (per-step profile, end-to-end call timing) and its CUDA-graph counters,
+which ``test_cuda_graphs_gpu.py`` and ``benchmarks/profile_engine.py`` use.
 """
 import ctypes
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -42,30 +43,52 @@ class Harness:
         lib = ctypes.CDLL(path)
         lib.tftrt_lite_executor_create.restype = ctypes.c_void_p
         lib.tftrt_lite_executor_create.argtypes = [ctypes.c_char_p, ctypes.c_uint64]
+        lib.tftrt_lite_executor_create_with_options.restype = ctypes.c_void_p
+        lib.tftrt_lite_executor_create_with_options.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_int]
         lib.tftrt_lite_executor_destroy.restype = None
         lib.tftrt_lite_executor_destroy.argtypes = [ctypes.c_void_p]
         lib.tftrt_lite_executor_last_error.restype = ctypes.c_char_p
         lib.tftrt_lite_executor_last_error_code.restype = ctypes.c_int
-        for fn in (lib.tftrt_lite_executor_num_inputs, lib.tftrt_lite_executor_num_outputs):
+        for fn in (lib.tftrt_lite_executor_num_inputs, lib.tftrt_lite_executor_num_outputs,
+                   lib.tftrt_lite_executor_num_steps):
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p]
+        inputs = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64),
+                  ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ALLOC_FN, ctypes.c_void_p]
         lib.tftrt_lite_executor_run.restype = ctypes.c_int
-        lib.tftrt_lite_executor_run.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64),
-            ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ALLOC_FN, ctypes.c_void_p,
+        lib.tftrt_lite_executor_run.argtypes = inputs + [
             ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64),
             ctypes.c_int]
+        lib.tftrt_lite_executor_profile.restype = ctypes.c_int
+        lib.tftrt_lite_executor_profile.argtypes = inputs + [ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
+        lib.tftrt_lite_executor_time_calls.restype = ctypes.c_int
+        lib.tftrt_lite_executor_time_calls.argtypes = inputs + [ctypes.c_int, ctypes.c_int,
+                                                                ctypes.POINTER(ctypes.c_double)]
+        lib.tftrt_lite_cuda_graph_counts.restype = None
+        lib.tftrt_lite_cuda_graph_counts.argtypes = [ctypes.POINTER(ctypes.c_int64)] * 3
         self.lib = lib
 
     def _error(self):
         return ExecutorError(self.lib.tftrt_lite_executor_last_error_code(),
                              self.lib.tftrt_lite_executor_last_error().decode())
 
-    def create(self, plan_bytes):
-        handle = self.lib.tftrt_lite_executor_create(plan_bytes, len(plan_bytes))
+    def create(self, plan_bytes, max_cached_shapes=None):
+        """An executor of ``plan_bytes``; ``max_cached_shapes`` overrides the default
+        number of shapes with a CUDA graph (0: none)."""
+        if max_cached_shapes is None:
+            handle = self.lib.tftrt_lite_executor_create(plan_bytes, len(plan_bytes))
+        else:
+            handle = self.lib.tftrt_lite_executor_create_with_options(plan_bytes, len(plan_bytes),
+                                                                      max_cached_shapes)
         if not handle:
             raise self._error()
         return Executor(self, handle)
+
+    def cuda_graph_counts(self):
+        """Process-wide ``{"captured", "replayed", "uncapturable"}`` counts of the executor's CUDA graphs."""
+        values = [ctypes.c_int64() for _ in range(3)]
+        self.lib.tftrt_lite_cuda_graph_counts(*[ctypes.byref(v) for v in values])
+        return dict(zip(("captured", "replayed", "uncapturable"), (v.value for v in values)))
 
 
 class Executor:
@@ -74,15 +97,17 @@ class Executor:
         self.handle = handle
         self.num_inputs = harness.lib.tftrt_lite_executor_num_inputs(handle)
         self.num_outputs = harness.lib.tftrt_lite_executor_num_outputs(handle)
+        self.num_steps = harness.lib.tftrt_lite_executor_num_steps(handle)
 
     def __del__(self):
         self.harness.lib.tftrt_lite_executor_destroy(self.handle)
 
-    def run(self, inputs, output_dtypes, stream=None):
-        """Run on CuPy arrays ``inputs`` on ``stream`` (a CuPy stream); returns CuPy outputs."""
+    @staticmethod
+    def _call_args(inputs, stream):
+        """The leading arguments every harness call takes, and the CuPy blocks the
+        allocator callback hands out (they must outlive the call's GPU work)."""
         import cupy
 
-        stream = stream or cupy.cuda.get_current_stream()
         blocks = {}
 
         def allocate(_, nbytes):
@@ -90,19 +115,26 @@ class Executor:
             blocks[block.data.ptr] = block
             return block.data.ptr
 
-        alloc = ALLOC_FN(allocate)
         arrays = [cupy.ascontiguousarray(a) for a in inputs]
-        n_in, n_out = len(arrays), self.num_outputs
+        n_in = len(arrays)
         ptrs = (ctypes.c_uint64 * max(n_in, 1))(*[a.data.ptr for a in arrays])
         ranks = (ctypes.c_int32 * max(n_in, 1))(*[a.ndim for a in arrays])
         dims = [d for a in arrays for d in a.shape]
         dims_arr = (ctypes.c_int64 * max(len(dims), 1))(*dims)
+        args = [ctypes.c_void_p(stream.ptr), n_in, ptrs, ranks, dims_arr, ALLOC_FN(allocate), None]
+        return args, blocks, arrays
+
+    def run(self, inputs, output_dtypes, stream=None):
+        """Run on CuPy arrays ``inputs`` on ``stream`` (a CuPy stream); returns CuPy outputs."""
+        import cupy
+
+        stream = stream or cupy.cuda.get_current_stream()
+        args, blocks, _arrays = self._call_args(inputs, stream)
+        n_out = self.num_outputs
         out_ptrs = (ctypes.c_uint64 * n_out)()
         out_ranks = (ctypes.c_int32 * n_out)()
         out_dims = (ctypes.c_int64 * (n_out * MAX_RANK))()
-        code = self.harness.lib.tftrt_lite_executor_run(
-            self.handle, ctypes.c_void_p(stream.ptr), n_in, ptrs, ranks, dims_arr, alloc, None,
-            out_ptrs, out_ranks, out_dims, MAX_RANK)
+        code = self.harness.lib.tftrt_lite_executor_run(self.handle, *args, out_ptrs, out_ranks, out_dims, MAX_RANK)
         if code != 0:
             raise self.harness._error()
         stream.synchronize()
@@ -114,6 +146,32 @@ class Executor:
             block = blocks[out_ptrs[j]] if nbytes else cupy.empty(1, cupy.uint8)
             outputs.append(block[:nbytes].view(dtype).reshape(shape))
         return outputs
+
+    def profile(self, inputs, repeats, stream=None):
+        """Median microseconds of every plan step over ``repeats`` uncaptured runs."""
+        import cupy
+
+        stream = stream or cupy.cuda.get_current_stream()
+        args, _blocks, _arrays = self._call_args(inputs, stream)
+        step_us = (ctypes.c_double * max(self.num_steps, 1))()
+        code = self.harness.lib.tftrt_lite_executor_profile(self.handle, *args, repeats, step_us)
+        stream.synchronize()
+        if code != 0:
+            raise self.harness._error()
+        return list(step_us[:self.num_steps])
+
+    def time_calls(self, inputs, warmup, iters, stream=None):
+        """Milliseconds per call of ``iters`` back-to-back calls after ``warmup`` calls."""
+        import cupy
+
+        stream = stream or cupy.cuda.get_current_stream()
+        args, _blocks, _arrays = self._call_args(inputs, stream)
+        ms = ctypes.c_double()
+        code = self.harness.lib.tftrt_lite_executor_time_calls(self.handle, *args, warmup, iters, ctypes.byref(ms))
+        stream.synchronize()
+        if code != 0:
+            raise self.harness._error()
+        return ms.value
 
 
 def _gpu_available():
@@ -330,10 +388,12 @@ def test_rejects_truncated_plan(harness):
         harness.create(plan[:-100])
 
 
-def test_accepts_built_plan_and_counts_its_inputs_and_outputs(harness):
+def test_accepts_built_plan_and_counts_its_inputs_outputs_and_steps(harness):
     engine = build_engine(batched_matmul(np.random.default_rng(1)), target_arch="sm_90")
     executor = harness.create(engine.serialize())
     assert (executor.num_inputs, executor.num_outputs) == (2, 2)
+    assert executor.num_steps == len(engine.plan.steps) > 0
+    assert harness.create(engine.serialize(), max_cached_shapes=0).num_steps == executor.num_steps
 
 
 def test_rejects_gemm_activation_cublaslt_cannot_apply(harness):

@@ -305,7 +305,7 @@ def fused_elementwise(inputs: Sequence[np.ndarray], attrs: Dict) -> List[np.ndar
         args = [values[r] for r in ins["args"]]
         with np.errstate(all="ignore"):  # inf/nan propagate exactly as on the GPU
             values[f"v{k}"] = np.asarray(fn(args, ins)).astype(np_dtype(ins["dtype"]), copy=False)
-    return [np.ascontiguousarray(np.broadcast_to(values[r], shape)) for r in outputs]
+    return [np.broadcast_to(values[r], shape).copy() for r in outputs]  # copy keeps 0-d outputs 0-d
 
 
 # -- tftrt.LayerNorm --------------------------------------------------------------------

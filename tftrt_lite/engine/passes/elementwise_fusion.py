@@ -18,8 +18,11 @@ from __future__ import annotations
 
 from typing import Dict, List, Set
 
+import numpy as np
+
 from tftrt_lite.engine.fused_ops import ELEMENTWISE_OPS, check_program
 from tftrt_lite.engine.ir import Graph, Node
+from tftrt_lite.engine.reference import np_dtype
 from tftrt_lite.engine.passes.graph_edit import make_node, scalar_const
 
 FUSIBLE = frozenset(op for op in ELEMENTWISE_OPS if op not in ("Const", "Identity"))
@@ -35,6 +38,9 @@ def run(graph: Graph, ctx=None) -> None:
 
 def _fusible(graph: Graph, n: Node) -> bool:
     if n.op not in FUSIBLE or len([o for o in n.outputs if o]) != 1:
+        return False
+    # Variadic ONNX ops (Max/Min with 1 or 3+ inputs) have no fixed-arity instruction.
+    if n.op != "Clip" and len([i for i in n.inputs if i]) != ELEMENTWISE_OPS[n.op][0]:
         return False
     return graph.tensor(n.outputs[0]).shape is not None
 
@@ -128,7 +134,7 @@ class _ProgramBuilder:
         if m.op == "Clip":
             x_dtype = self.graph.tensor(m.inputs[0]).dtype
             args = [self.ref(m.inputs[0])]
-            for k, default in ((1, float("-inf")), (2, float("inf"))):
+            for k, default in ((1, _lowest(x_dtype)), (2, _highest(x_dtype))):
                 given = len(m.inputs) > k and m.inputs[k]
                 args.append(self.ref(m.inputs[k]) if given else self.immediate(x_dtype, default))
             ins = {"op": "Clip", "args": args, "dtype": dtype}
@@ -139,6 +145,17 @@ class _ProgramBuilder:
         if m.op == "HardSigmoid":
             ins["alpha"], ins["beta"] = float(m.attrs["alpha"]), float(m.attrs["beta"])
         self.refs[m.outputs[0]] = self.add(ins)
+
+
+def _lowest(dtype: str):
+    """Clip's default min: -inf for floats, the type's minimum for integers (ONNX)."""
+    dt = np_dtype(dtype)
+    return float("-inf") if dt.kind in "fV" else int(np.iinfo(dt).min)
+
+
+def _highest(dtype: str):
+    dt = np_dtype(dtype)
+    return float("inf") if dt.kind in "fV" else int(np.iinfo(dt).max)
 
 
 def _emit(graph: Graph, members: List[Node]) -> None:

@@ -21,7 +21,8 @@ namespace tftrt_lite {
 namespace cuda {
 
 // X(member, exported symbol). Versioned symbols are spelled as the driver exports
-// them (cuda.h maps e.g. cuMemAlloc to cuMemAlloc_v2 with a macro).
+// them (cuda.h maps e.g. cuMemAlloc to cuMemAlloc_v2 with a macro, and the CUDA 12
+// cuGraphInstantiate to cuGraphInstantiateWithFlags).
 #define TFTRT_LITE_DRIVER_FUNCTIONS(X)                   \
   X(Init, cuInit)                                        \
   X(GetErrorName, cuGetErrorName)                        \
@@ -41,7 +42,23 @@ namespace cuda {
   X(MemFree, cuMemFree_v2)                               \
   X(MemcpyHtoD, cuMemcpyHtoD_v2)                         \
   X(MemsetD8Async, cuMemsetD8Async)                      \
-  X(Memcpy3DAsync, cuMemcpy3DAsync_v2)
+  X(Memcpy3DAsync, cuMemcpy3DAsync_v2)                   \
+  X(MemcpyDtoDAsync, cuMemcpyDtoDAsync_v2)               \
+  X(StreamCreate, cuStreamCreate)                        \
+  X(StreamDestroy, cuStreamDestroy_v2)                   \
+  X(StreamWaitEvent, cuStreamWaitEvent)                  \
+  X(StreamSynchronize, cuStreamSynchronize)              \
+  X(EventCreate, cuEventCreate)                          \
+  X(EventDestroy, cuEventDestroy_v2)                     \
+  X(EventRecord, cuEventRecord)                          \
+  X(EventSynchronize, cuEventSynchronize)                \
+  X(EventElapsedTime, cuEventElapsedTime)                \
+  X(StreamBeginCapture, cuStreamBeginCapture_v2)         \
+  X(StreamEndCapture, cuStreamEndCapture)                \
+  X(GraphInstantiate, cuGraphInstantiateWithFlags)       \
+  X(GraphLaunch, cuGraphLaunch)                          \
+  X(GraphExecDestroy, cuGraphExecDestroy)                \
+  X(GraphDestroy, cuGraphDestroy)
 
 #define TFTRT_LITE_CUBLASLT_FUNCTIONS(X)                                 \
   X(Create, cublasLtCreate)                                              \

@@ -4,7 +4,8 @@
 // node. The node carries the engine plan (built in Python at conversion time) and,
 // unless the model was saved without them, the original subgraph as a function
 // (`segment_func`). On a GPU the plan runs through the executor (executor.h) on
-// TensorFlow's CUDA stream, with scratch and outputs from TensorFlow's allocator.
+// TensorFlow's CUDA stream, with scratch and outputs from TensorFlow's allocator; the
+// first `max_cached_shapes` input-shape sets are captured as CUDA graphs and replayed.
 // When the engine cannot run (CPU device, a plan this device cannot load, an input
 // outside the engine's shapes, a failed execution) the op runs the native segment
 // through the function library runtime, the way TF-TRT's TRTEngineOp runs its
@@ -111,6 +112,7 @@ REGISTER_OP("TftrtLiteEngine")
     .Attr("segment_func: func = {}")
     .Attr("engine_name: string")
     .Attr("precision_mode: string")
+    .Attr("max_cached_shapes: int >= 0 = 1")
     .SetShapeFn(tftrt_lite::EngineShapeFn)
     .Doc(R"doc(
 A fused GPU engine built by tftrt_lite from one segment of a TensorFlow graph.
@@ -125,6 +127,8 @@ segment_func: the native segment, run when the engine cannot run; empty when the
   model was saved without native segments.
 engine_name: the engine's name in conversion reports and errors.
 precision_mode: FP32, FP16, BF16 or INT8.
+max_cached_shapes: how many input-shape sets get a captured CUDA graph (TF-TRT's
+  maximum_cached_engines); other shapes run uncaptured, and 0 turns capture off.
 )doc");
 
 namespace tftrt_lite {
@@ -349,8 +353,11 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
   void LoadExecutor(OpKernelConstruction* ctx) {
     std::string serialized_plan;
     int64_t version = 0;
+    ExecutorOptions options;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("serialized_plan", &serialized_plan));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("plan_format_version", &version));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("max_cached_shapes", &options.max_cached_shapes));
+    options.label = Label();
     if (version != plan::kFormatVersion) {
       executor_error_ = absl::StrCat(
           "plan_format_version ", version, " is not the version this runtime reads (",
@@ -359,7 +366,7 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
     }
     std::unique_ptr<Executor> executor;
     const tftrt_lite::Status status =
-        Executor::Create(std::move(serialized_plan), &executor);
+        Executor::Create(std::move(serialized_plan), &executor, options);
     if (!status.ok()) {
       executor_error_ = status.message();
       return;

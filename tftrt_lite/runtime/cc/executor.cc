@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
@@ -114,6 +115,44 @@ struct ConvEntry {
   uint64_t padded_bytes = 0;
 };
 
+// One input-shape set's CUDA graph and the executor-owned memory it runs on: one
+// allocation holding the input and output staging copies and the arena, another the
+// library workspace (sized once the steps' algorithms are chosen at these addresses).
+struct ShapeGraph {
+  enum State : int {
+    kNew,           // never run: no memory yet
+    kWarm,          // ran once uncaptured on its memory; the next call captures
+    kReady,         // captured: calls replay `exec`
+    kUncapturable,  // capture failed or its memory could not be had; runs uncaptured
+  };
+  std::atomic<int> state{kNew};
+  std::mutex mu;  // held (try-locked) by the one call using the memory and the graph
+  CUdeviceptr memory = 0, workspace = 0;
+  std::vector<std::vector<int64_t>> input_shapes, output_shapes;
+  std::vector<uint64_t> input_bytes, output_bytes;
+  std::vector<CUdeviceptr> input_staging, output_staging;
+  std::vector<CUdeviceptr> addr;  // every plan buffer's address
+  std::vector<void*> entries;     // every step's GemmEntry / ConvEntry (or null)
+  // Recorded on the caller's stream after every use and waited on by the next one, so
+  // uses from different streams never overlap on the device.
+  CUevent done = nullptr;
+  CUgraphExec exec = nullptr;
+
+  // Frees the graph and the memory once the device is done with the last use.
+  void Release(const DriverApi& drv) {
+    if (done) drv.EventSynchronize(done);
+    if (exec) drv.GraphExecDestroy(exec);
+    if (memory) drv.MemFree(memory);
+    if (workspace) drv.MemFree(workspace);
+    if (done) drv.EventDestroy(done);
+    exec = nullptr;
+    memory = workspace = 0;
+    done = nullptr;
+  }
+};
+
+std::atomic<int64_t> graphs_captured{0}, graphs_replayed{0}, graphs_uncapturable{0};
+
 }  // namespace
 
 bool Tf32Allowed() {
@@ -122,6 +161,22 @@ bool Tf32Allowed() {
     return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "false") == 0));
   }();
   return allowed;
+}
+
+bool CudaGraphsEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("TFTRT_LITE_CUDA_GRAPHS");
+    return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "false") == 0));
+  }();
+  return enabled;
+}
+
+CudaGraphCounts GetCudaGraphCounts() {
+  CudaGraphCounts counts;
+  counts.captured = graphs_captured.load(std::memory_order_relaxed);
+  counts.replayed = graphs_replayed.load(std::memory_order_relaxed);
+  counts.uncapturable = graphs_uncapturable.load(std::memory_order_relaxed);
+  return counts;
 }
 
 // --------------------------------------------------------------------------- device state
@@ -141,11 +196,14 @@ struct Executor::DeviceState {
   std::mutex cache_mu;
   std::map<CacheKey, std::unique_ptr<GemmEntry>> gemms;
   std::map<CacheKey, std::unique_ptr<ConvEntry>> convs;
+  std::mutex graphs_mu;
+  std::map<std::vector<int64_t>, std::unique_ptr<ShapeGraph>> graphs;  // by symbol values
 
   ~DeviceState() {
     if (driver == nullptr) return;
     // Errors are ignored: at process exit the context may already be gone.
     ContextScope scope(driver, context);
+    for (auto& kv : graphs) kv.second->Release(*driver);
     for (auto& kv : gemms) {
       GemmEntry& e = *kv.second;
       if (e.desc) lt_api->MatmulDescDestroy(e.desc);
@@ -165,12 +223,15 @@ struct Executor::DeviceState {
   }
 };
 
-Executor::Executor(std::string plan_bytes) : bytes_(std::move(plan_bytes)) {}
+Executor::Executor(std::string plan_bytes, ExecutorOptions options)
+    : bytes_(std::move(plan_bytes)),
+      options_(std::move(options)),
+      graphs_(options_.max_cached_shapes > 0 && CudaGraphsEnabled()) {}
 Executor::~Executor() = default;
 
 // --------------------------------------------------------------------------- create
-Status Executor::Create(std::string plan_bytes, std::unique_ptr<Executor>* executor) {
-  std::unique_ptr<Executor> e(new Executor(std::move(plan_bytes)));
+Status Executor::Create(std::string plan_bytes, std::unique_ptr<Executor>* executor, ExecutorOptions options) {
+  std::unique_ptr<Executor> e(new Executor(std::move(plan_bytes), std::move(options)));
   std::string error;
   if (!plan::ParsePlan(reinterpret_cast<const uint8_t*>(e->bytes_.data()), e->bytes_.size(), &e->plan_,
                        &error)) {
@@ -201,11 +262,13 @@ Status Executor::Validate() {
   for (size_t j = 0; j < input_buffer.size(); ++j) {
     if (input_buffer[j] < 0) return invalid("engine input " + std::to_string(j) + " has no buffer in the plan");
     input_dtypes_.push_back(p.buffers[input_buffer[j]].dtype);
+    input_buffers_.push_back(static_cast<uint32_t>(input_buffer[j]));
   }
   if (output_buffer.empty()) return invalid("the plan has no output buffer");
   for (size_t j = 0; j < output_buffer.size(); ++j) {
     if (output_buffer[j] < 0) return invalid("engine output " + std::to_string(j) + " has no buffer in the plan");
     output_dtypes_.push_back(p.buffers[output_buffer[j]].dtype);
+    output_buffers_.push_back(static_cast<uint32_t>(output_buffer[j]));
   }
   num_inputs_ = static_cast<int>(input_buffer.size());
   num_outputs_ = static_cast<int>(output_buffer.size());
@@ -642,116 +705,128 @@ Status RunConv(Executor::DeviceState& st, const plan::Plan& p, size_t index, Con
   return Status::Ok();
 }
 
-}  // namespace
-
-// --------------------------------------------------------------------------- run
-Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
-                     std::vector<DeviceTensor>* outputs) {
-  const plan::Plan& p = plan_;
-  std::string error;
-  const DriverApi* drv = cuda::Driver(&error);
-  if (drv == nullptr) return Status::Error(Status::kUnavailable, error);
-  CUcontext context = nullptr;
-  CUresult r = stream != nullptr ? drv->StreamGetCtx(stream, &context) : drv->CtxGetCurrent(&context);
-  if (r != CUDA_SUCCESS || context == nullptr) {
+// --------------------------------------------------------------------------- binding
+// The context of `stream` (or the current one for the null stream).
+Status StreamContext(const DriverApi& drv, CUstream stream, CUcontext* context) {
+  *context = nullptr;
+  CUresult r = stream != nullptr ? drv.StreamGetCtx(stream, context) : drv.CtxGetCurrent(context);
+  if (r != CUDA_SUCCESS || *context == nullptr) {
     return Status::Error(Status::kUnavailable, "no CUDA context for the engine's stream" +
-                                                   (r != CUDA_SUCCESS ? ": " + cuda::DriverErrorString(*drv, r) : ""));
+                                                   (r != CUDA_SUCCESS ? ": " + cuda::DriverErrorString(drv, r) : ""));
   }
-  ContextScope scope(drv, context);
-  if (!scope.pushed()) return Status::Error(Status::kUnavailable, "cannot make the stream's CUDA context current");
-  DeviceState* st = nullptr;
-  Status status = GetDeviceState(context, &st);
-  if (!status.ok()) return status;
+  return Status::Ok();
+}
 
-  // Shapes: bind every symbol, then check each input against the plan's shape for it.
-  if (static_cast<int>(inputs.size()) != num_inputs_) {
-    return Status::Error(Status::kOutOfProfile, "the engine takes " + std::to_string(num_inputs_) + " inputs, got " +
+// Checks the number of inputs and binds every symbol to its input's dim.
+Status BindInputSymbols(const plan::Plan& p, int num_inputs, const std::vector<DeviceTensor>& inputs,
+                        std::vector<int64_t>* symbols) {
+  if (static_cast<int>(inputs.size()) != num_inputs) {
+    return Status::Error(Status::kOutOfProfile, "the engine takes " + std::to_string(num_inputs) + " inputs, got " +
                                                     std::to_string(inputs.size()));
   }
   std::vector<std::vector<int64_t>> input_shapes;
   for (const DeviceTensor& t : inputs) input_shapes.push_back(t.shape);
-  std::vector<int64_t> symbols;
-  if (!plan::BindSymbols(p, input_shapes, &symbols, &error)) {
+  std::string error;
+  if (!plan::BindSymbols(p, input_shapes, symbols, &error)) {
     return Status::Error(Status::kOutOfProfile, "shape outside engine profile: " + error);
   }
-  std::vector<int64_t> ev(p.exprs.size());
-  for (size_t i = 0; i < p.exprs.size(); ++i) ev[i] = p.exprs[i].Evaluate(symbols);
+  return Status::Ok();
+}
 
+// What one set of symbol values fixes: every expression's value and every buffer's
+// shape and size.
+struct Bound {
+  std::vector<int64_t> symbols;
+  std::vector<int64_t> ev;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<uint64_t> bytes;
+  int64_t arena_size = 0;
+};
+
+// Evaluates the plan at `symbols` and checks each input's shape against it.
+Status Bind(const plan::Plan& p, const std::vector<DeviceTensor>& inputs, std::vector<int64_t> symbols, Bound* b) {
+  b->symbols = std::move(symbols);
+  b->ev.resize(p.exprs.size());
+  for (size_t i = 0; i < p.exprs.size(); ++i) b->ev[i] = p.exprs[i].Evaluate(b->symbols);
   const size_t nb = p.buffers.size();
-  std::vector<std::vector<int64_t>> shapes(nb);
-  std::vector<uint64_t> bytes(nb);
+  b->shapes.assign(nb, std::vector<int64_t>());
+  b->bytes.assign(nb, 0);
   for (size_t i = 0; i < nb; ++i) {
-    const plan::Buffer& b = p.buffers[i];
+    const plan::Buffer& buf = p.buffers[i];
     uint64_t count = 1;
-    for (uint32_t e : b.shape) {
-      if (ev[e] < 0) {
+    for (uint32_t e : buf.shape) {
+      if (b->ev[e] < 0) {
         return Status::Error(Status::kOutOfProfile,
-                             "shape outside engine profile: buffer '" + b.name + "' gets a negative dim with " +
-                                 SymbolsString(p, symbols));
+                             "shape outside engine profile: buffer '" + buf.name + "' gets a negative dim with " +
+                                 SymbolsString(p, b->symbols));
       }
-      shapes[i].push_back(ev[e]);
-      count *= static_cast<uint64_t>(ev[e]);
+      b->shapes[i].push_back(b->ev[e]);
+      count *= static_cast<uint64_t>(b->ev[e]);
     }
-    bytes[i] = count * plan::DTypeSize(b.dtype);
-    if (b.storage == plan::kInput && shapes[i] != inputs[b.a].shape) {
+    b->bytes[i] = count * plan::DTypeSize(buf.dtype);
+    if (buf.storage == plan::kInput && b->shapes[i] != inputs[buf.a].shape) {
       return Status::Error(Status::kOutOfProfile,
-                           "shape outside engine profile: input " + std::to_string(b.a) + " ('" + b.name +
-                               "') has shape " + ShapeString(inputs[b.a].shape) + ", the engine needs " +
-                               ShapeString(shapes[i]) + " with " + SymbolsString(p, symbols));
+                           "shape outside engine profile: input " + std::to_string(buf.a) + " ('" + buf.name +
+                               "') has shape " + ShapeString(inputs[buf.a].shape) + ", the engine needs " +
+                               ShapeString(b->shapes[i]) + " with " + SymbolsString(p, b->symbols));
     }
   }
+  b->arena_size = b->ev[p.arena_size_expr];
+  return Status::Ok();
+}
 
-  // Memory: outputs and arena from the allocator, then every buffer's address.
-  outputs->assign(num_outputs_, DeviceTensor());
-  std::vector<CUdeviceptr> addr(nb, 0);
-  const int64_t arena_size = ev[p.arena_size_expr];
-  CUdeviceptr arena = 0;
-  if (arena_size > 0) {
-    status = allocator->AllocateTemp(static_cast<uint64_t>(arena_size), &arena);
-    if (!status.ok()) return status;
-  }
-  for (size_t i = 0; i < nb; ++i) {
-    const plan::Buffer& b = p.buffers[i];
-    switch (b.storage) {
+// Every buffer's address: engine inputs and outputs at `input_ptrs` / `output_ptrs`,
+// arena buffers at their offsets from `arena`, weights in the uploaded weights.
+Status AssignAddresses(const plan::Plan& p, const Bound& b, CUdeviceptr weights,
+                       const std::vector<CUdeviceptr>& input_ptrs, const std::vector<CUdeviceptr>& output_ptrs,
+                       CUdeviceptr arena, std::vector<CUdeviceptr>* addr) {
+  addr->assign(p.buffers.size(), 0);
+  const uint64_t arena_bytes = static_cast<uint64_t>(std::max<int64_t>(b.arena_size, 0));
+  for (size_t i = 0; i < p.buffers.size(); ++i) {
+    const plan::Buffer& buf = p.buffers[i];
+    switch (buf.storage) {
       case plan::kInput:
-        addr[i] = inputs[b.a].ptr;
+        (*addr)[i] = input_ptrs[buf.a];
         break;
-      case plan::kOutput: {
-        DeviceTensor& out = (*outputs)[b.a];
-        out.shape = shapes[i];
-        status = allocator->AllocateOutput(static_cast<int>(b.a), shapes[i], bytes[i], &out.ptr);
-        if (!status.ok()) return status;
-        addr[i] = out.ptr;
+      case plan::kOutput:
+        (*addr)[i] = output_ptrs[buf.a];
         break;
-      }
       case plan::kWeight:
-        if (bytes[i] > b.b) {
-          return Status::Error(Status::kInvalidPlan, "weight buffer '" + b.name + "' has " + std::to_string(b.b) +
-                                                         " bytes, its shape needs " + std::to_string(bytes[i]));
+        if (b.bytes[i] > buf.b) {
+          return Status::Error(Status::kInvalidPlan, "weight buffer '" + buf.name + "' has " + std::to_string(buf.b) +
+                                                         " bytes, its shape needs " + std::to_string(b.bytes[i]));
         }
-        addr[i] = st->weights + b.a;
+        (*addr)[i] = weights + buf.a;
         break;
       case plan::kArena: {
-        const int64_t offset = ev[b.a];
-        if (offset < 0 || static_cast<uint64_t>(offset) + bytes[i] > static_cast<uint64_t>(std::max<int64_t>(arena_size, 0))) {
-          return Status::Error(Status::kInvalidPlan, "arena buffer '" + b.name + "' at offset " +
-                                                         std::to_string(offset) + " (" + std::to_string(bytes[i]) +
-                                                         " bytes) lies outside the " + std::to_string(arena_size) +
-                                                         "-byte arena with " + SymbolsString(p, symbols));
+        const int64_t offset = b.ev[buf.a];
+        if (offset < 0 || static_cast<uint64_t>(offset) + b.bytes[i] > arena_bytes) {
+          return Status::Error(Status::kInvalidPlan, "arena buffer '" + buf.name + "' at offset " +
+                                                         std::to_string(offset) + " (" + std::to_string(b.bytes[i]) +
+                                                         " bytes) lies outside the " + std::to_string(b.arena_size) +
+                                                         "-byte arena with " + SymbolsString(p, b.symbols));
         }
-        addr[i] = arena + static_cast<uint64_t>(offset);
+        (*addr)[i] = arena + static_cast<uint64_t>(offset);
         break;
       }
       case plan::kAlias:
-        addr[i] = addr[b.a];
+        (*addr)[i] = (*addr)[buf.a];
         break;
     }
   }
+  return Status::Ok();
+}
 
-  // Library steps: cached descriptors for these symbol values; one workspace serves
-  // them all, since the steps run one after another on the stream.
-  std::vector<void*> entries(p.steps.size(), nullptr);
-  uint64_t workspace_bytes = 0;
+// Library steps: the cached descriptors and algorithms for these symbol values and
+// addresses (GemmEntry / ConvEntry per step, null for other and empty steps), and the
+// workspace they need. One workspace serves them all, since the steps run one after
+// another on the stream.
+Status ResolveLibrarySteps(Executor::DeviceState& st, const plan::Plan& p, const Bound& b,
+                           const std::vector<CUdeviceptr>& addr, std::vector<void*>* entries,
+                           uint64_t* workspace_bytes) {
+  const std::vector<int64_t>& ev = b.ev;
+  entries->assign(p.steps.size(), nullptr);
+  *workspace_bytes = 0;
   for (size_t i = 0; i < p.steps.size(); ++i) {
     const plan::Step& s = p.steps[i];
     if (s.kind == plan::kGemm) {
@@ -761,56 +836,69 @@ Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, D
       uint32_t alignment = std::min({PointerAlignment(addr[g.a]), PointerAlignment(addr[g.b]),
                                      PointerAlignment(addr[g.d]),
                                      g.c == plan::kNoBuffer ? uint32_t(kAlignment) : PointerAlignment(addr[g.c])});
-      CacheKey key(static_cast<uint32_t>(i), alignment, symbols);
-      std::lock_guard<std::mutex> lock(st->cache_mu);
-      std::unique_ptr<GemmEntry>& slot = st->gemms[key];
+      CacheKey key(static_cast<uint32_t>(i), alignment, b.symbols);
+      std::lock_guard<std::mutex> lock(st.cache_mu);
+      std::unique_ptr<GemmEntry>& slot = st.gemms[key];
       if (!slot) {
         std::unique_ptr<GemmEntry> e(new GemmEntry());
-        status = MakeGemmEntry(*st, p, i, ev, alignment, e.get());
+        Status status = MakeGemmEntry(st, p, i, ev, alignment, e.get());
         if (!status.ok()) {
-          st->gemms.erase(key);
+          st.gemms.erase(key);
           // The partly built entry's descriptors are released with the state's others.
-          if (e->desc) st->lt_api->MatmulDescDestroy(e->desc);
-          for (auto layout : {e->a, e->b, e->d}) if (layout) st->lt_api->MatrixLayoutDestroy(layout);
+          if (e->desc) st.lt_api->MatmulDescDestroy(e->desc);
+          for (auto layout : {e->a, e->b, e->d}) if (layout) st.lt_api->MatrixLayoutDestroy(layout);
           return status;
         }
         slot = std::move(e);
       }
-      entries[i] = slot.get();
-      workspace_bytes = std::max(workspace_bytes, AlignUp(slot->workspace));
+      (*entries)[i] = slot.get();
+      *workspace_bytes = std::max(*workspace_bytes, AlignUp(slot->workspace));
     } else if (s.kind == plan::kConv) {
       const plan::ConvStep& c = s.conv;
       if (ev[c.n] <= 0 || ev[c.k] <= 0 || ev[c.out_h] <= 0 || ev[c.out_w] <= 0) continue;
-      CacheKey key(static_cast<uint32_t>(i), 0, symbols);
-      std::lock_guard<std::mutex> lock(st->cache_mu);
-      std::unique_ptr<ConvEntry>& slot = st->convs[key];
+      CacheKey key(static_cast<uint32_t>(i), 0, b.symbols);
+      std::lock_guard<std::mutex> lock(st.cache_mu);
+      std::unique_ptr<ConvEntry>& slot = st.convs[key];
       if (!slot) {
         std::unique_ptr<ConvEntry> e(new ConvEntry());
-        status = MakeConvEntry(*st, p, i, ev, e.get());
+        Status status = MakeConvEntry(st, p, i, ev, e.get());
         if (!status.ok()) {
-          st->convs.erase(key);
-          for (auto t : {e->x, e->y, e->bias}) if (t) st->dnn_api->DestroyTensorDescriptor(t);
-          if (e->w) st->dnn_api->DestroyFilterDescriptor(e->w);
-          if (e->conv) st->dnn_api->DestroyConvolutionDescriptor(e->conv);
-          if (e->act) st->dnn_api->DestroyActivationDescriptor(e->act);
+          st.convs.erase(key);
+          for (auto t : {e->x, e->y, e->bias}) if (t) st.dnn_api->DestroyTensorDescriptor(t);
+          if (e->w) st.dnn_api->DestroyFilterDescriptor(e->w);
+          if (e->conv) st.dnn_api->DestroyConvolutionDescriptor(e->conv);
+          if (e->act) st.dnn_api->DestroyActivationDescriptor(e->act);
           return status;
         }
         slot = std::move(e);
       }
       const ConvEntry& e = *slot;
-      entries[i] = slot.get();
-      workspace_bytes = std::max(workspace_bytes, AlignUp(std::max(e.workspace, e.try_fused ? e.fused_workspace : 0)) +
-                                                      AlignUp(e.padded_bytes));
+      (*entries)[i] = slot.get();
+      *workspace_bytes = std::max(*workspace_bytes,
+                                  AlignUp(std::max(e.workspace, e.try_fused ? e.fused_workspace : 0)) +
+                                      AlignUp(e.padded_bytes));
     }
   }
-  CUdeviceptr workspace = 0;
-  if (workspace_bytes > 0) {
-    status = allocator->AllocateTemp(workspace_bytes, &workspace);
-    if (!status.ok()) return status;
-  }
+  return Status::Ok();
+}
 
-  // Steps, in plan order, all on `stream`.
+// --------------------------------------------------------------------------- enqueue
+// Enqueues every step, in plan order, on `stream`. With `marks` (steps + 1 events),
+// marks[i] is recorded before step i and the last one after the last step.
+Status EnqueueSteps(Executor::DeviceState& st, const plan::Plan& p, const Bound& b,
+                    const std::vector<CUdeviceptr>& addr, const std::vector<void*>& entries, CUdeviceptr workspace,
+                    CUstream stream, const std::vector<CUevent>* marks) {
+  const DriverApi& drv = *st.driver;
+  const std::vector<int64_t>& ev = b.ev;
+  auto mark = [&](size_t i) -> Status {
+    if (marks == nullptr) return Status::Ok();
+    CUresult r = drv.EventRecord((*marks)[i], stream);
+    return r == CUDA_SUCCESS ? Status::Ok() : ExecError("recording a timing event failed: " +
+                                                        cuda::DriverErrorString(drv, r));
+  };
   for (size_t i = 0; i < p.steps.size(); ++i) {
+    Status status = mark(i);
+    if (!status.ok()) return status;
     const plan::Step& s = p.steps[i];
     if (s.kind == plan::kLaunch) {
       const plan::LaunchStep& l = s.launch;
@@ -818,7 +906,8 @@ Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, D
       if (grid[0] <= 0 || grid[1] <= 0 || grid[2] <= 0) continue;  // nothing to compute
       if (grid[0] > 0x7FFFFFFF || grid[1] > 65535 || grid[2] > 65535) {
         return ExecError(StepLabel(p, i) + ": grid (" + std::to_string(grid[0]) + ", " + std::to_string(grid[1]) +
-                         ", " + std::to_string(grid[2]) + ") exceeds CUDA's limits with " + SymbolsString(p, symbols));
+                         ", " + std::to_string(grid[2]) + ") exceeds CUDA's limits with " +
+                         SymbolsString(p, b.symbols));
       }
       // Every argument takes an 8-byte slot; a float32 sits in its first 4 bytes.
       std::vector<uint64_t> slots(l.args.size(), 0);
@@ -837,12 +926,12 @@ Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, D
         }
         params[a] = &slots[a];
       }
-      r = drv->LaunchKernel(st->functions[l.kernel], static_cast<unsigned>(grid[0]), static_cast<unsigned>(grid[1]),
-                            static_cast<unsigned>(grid[2]), l.block[0], l.block[1], l.block[2], l.shared_mem, stream,
-                            params.data(), nullptr);
+      CUresult r = drv.LaunchKernel(st.functions[l.kernel], static_cast<unsigned>(grid[0]),
+                                    static_cast<unsigned>(grid[1]), static_cast<unsigned>(grid[2]), l.block[0],
+                                    l.block[1], l.block[2], l.shared_mem, stream, params.data(), nullptr);
       if (r != CUDA_SUCCESS) {
         return ExecError(StepLabel(p, i) + ": launching kernel " + p.kernels[l.kernel].name + " failed: " +
-                         cuda::DriverErrorString(*drv, r));
+                         cuda::DriverErrorString(drv, r));
       }
     } else if (s.kind == plan::kGemm && entries[i] != nullptr) {
       const plan::GemmStep& g = s.gemm;
@@ -851,7 +940,7 @@ Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, D
       const bool has_c = g.c != plan::kNoBuffer;
       const float beta = has_c ? g.epilogue.beta : 0.0f;
       const CUdeviceptr c_ptr = has_c ? addr[g.c] : addr[g.d];
-      const CublasLtApi& lt = *st->lt_api;
+      const CublasLtApi& lt = *st.lt_api;
       std::lock_guard<std::mutex> lock(e.mu);
       cublasStatus_t ls = CUBLAS_STATUS_SUCCESS;
       if (g.bias != plan::kNoBuffer) {
@@ -859,21 +948,410 @@ Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, D
         ls = lt.MatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
       }
       if (ls == CUBLAS_STATUS_SUCCESS) {
-        ls = lt.Matmul(st->lt, e.desc, &alpha, reinterpret_cast<const void*>(addr[g.b]), e.a,
+        ls = lt.Matmul(st.lt, e.desc, &alpha, reinterpret_cast<const void*>(addr[g.b]), e.a,
                        reinterpret_cast<const void*>(addr[g.a]), e.b, &beta, reinterpret_cast<const void*>(c_ptr), e.d,
                        reinterpret_cast<void*>(addr[g.d]), e.d, &e.algo, reinterpret_cast<void*>(workspace),
                        e.workspace, stream);
       }
       if (ls != CUBLAS_STATUS_SUCCESS) {
         return ExecError(StepLabel(p, i) + ": cublasLtMatmul failed: " + LtError(lt, ls) + " with " +
-                         SymbolsString(p, symbols));
+                         SymbolsString(p, b.symbols));
       }
     } else if (s.kind == plan::kConv && entries[i] != nullptr) {
-      status = RunConv(*st, p, i, *static_cast<ConvEntry*>(entries[i]), stream, ev, addr, workspace);
+      Status status = RunConv(st, p, i, *static_cast<ConvEntry*>(entries[i]), stream, ev, addr, workspace);
       if (!status.ok()) return status;
+    }
+  }
+  return mark(p.steps.size());
+}
+
+// Allocates engine output j of `shapes[j]` (`bytes[j]` bytes) through `allocator`.
+Status AllocateOutputs(const std::vector<std::vector<int64_t>>& shapes, const std::vector<uint64_t>& bytes,
+                       DeviceAllocator* allocator, std::vector<DeviceTensor>* outputs) {
+  outputs->assign(shapes.size(), DeviceTensor());
+  for (size_t j = 0; j < shapes.size(); ++j) {
+    (*outputs)[j].shape = shapes[j];
+    Status status = allocator->AllocateOutput(static_cast<int>(j), shapes[j], bytes[j], &(*outputs)[j].ptr);
+    if (!status.ok()) return status;
+  }
+  return Status::Ok();
+}
+
+// Where an uncaptured call enqueues its steps: arena, outputs and workspace from the
+// caller's allocator, and every library step's state at those addresses.
+struct Prepared {
+  std::vector<CUdeviceptr> addr;
+  std::vector<void*> entries;
+  CUdeviceptr workspace = 0;
+};
+
+// Allocates the bound outputs (engine output j is plan buffer `output_buffers[j]`).
+Status AllocateBoundOutputs(const Bound& b, const std::vector<uint32_t>& output_buffers, DeviceAllocator* allocator,
+                            std::vector<DeviceTensor>* outputs) {
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<uint64_t> bytes;
+  for (uint32_t buffer : output_buffers) {
+    shapes.push_back(b.shapes[buffer]);
+    bytes.push_back(b.bytes[buffer]);
+  }
+  return AllocateOutputs(shapes, bytes, allocator, outputs);
+}
+
+// `outputs_allocated`: the call already holds its outputs (from a graph path that
+// gave up after allocating them), so only scratch is allocated here.
+Status PrepareOnAllocator(Executor::DeviceState& st, const plan::Plan& p, const std::vector<uint32_t>& output_buffers,
+                          const Bound& b, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
+                          bool outputs_allocated, std::vector<DeviceTensor>* outputs, Prepared* prep) {
+  CUdeviceptr arena = 0;
+  if (b.arena_size > 0) {
+    Status status = allocator->AllocateTemp(static_cast<uint64_t>(b.arena_size), &arena);
+    if (!status.ok()) return status;
+  }
+  if (!outputs_allocated) {
+    Status status = AllocateBoundOutputs(b, output_buffers, allocator, outputs);
+    if (!status.ok()) return status;
+  }
+  std::vector<CUdeviceptr> input_ptrs, output_ptrs;
+  for (const DeviceTensor& t : inputs) input_ptrs.push_back(t.ptr);
+  for (const DeviceTensor& t : *outputs) output_ptrs.push_back(t.ptr);
+  Status status = AssignAddresses(p, b, st.weights, input_ptrs, output_ptrs, arena, &prep->addr);
+  if (!status.ok()) return status;
+  uint64_t workspace_bytes = 0;
+  status = ResolveLibrarySteps(st, p, b, prep->addr, &prep->entries, &workspace_bytes);
+  if (!status.ok()) return status;
+  if (workspace_bytes > 0) return allocator->AllocateTemp(workspace_bytes, &prep->workspace);
+  return Status::Ok();
+}
+
+// --------------------------------------------------------------------------- CUDA graphs
+// The graph cache entry of `symbols` on this device: found, or added while fewer than
+// `max_shapes` are cached; null when the cache is full of other shapes.
+ShapeGraph* CachedGraph(Executor::DeviceState& st, const std::vector<int64_t>& symbols, int max_shapes) {
+  std::lock_guard<std::mutex> lock(st.graphs_mu);
+  auto it = st.graphs.find(symbols);
+  if (it != st.graphs.end()) return it->second.get();
+  if (static_cast<int>(st.graphs.size()) >= max_shapes) return nullptr;
+  std::unique_ptr<ShapeGraph>& slot = st.graphs[symbols];
+  slot.reset(new ShapeGraph());
+  return slot.get();
+}
+
+bool SameShapes(const std::vector<std::vector<int64_t>>& shapes, const std::vector<DeviceTensor>& inputs) {
+  if (shapes.size() != inputs.size()) return false;
+  for (size_t j = 0; j < shapes.size(); ++j) {
+    if (shapes[j] != inputs[j].shape) return false;
+  }
+  return true;
+}
+
+// Allocates g's memory for the bound shapes (staging for every input and output, then
+// the arena; the workspace separately) and resolves every library step's state at
+// those addresses. Enqueues nothing.
+Status SetUpGraphMemory(Executor::DeviceState& st, const plan::Plan& p, const std::vector<uint32_t>& input_buffers,
+                        const std::vector<uint32_t>& output_buffers, const Bound& b, ShapeGraph* g) {
+  const DriverApi& drv = *st.driver;
+  uint64_t total = 0;
+  std::vector<uint64_t> input_offsets, output_offsets;
+  for (uint32_t buffer : input_buffers) {
+    g->input_shapes.push_back(b.shapes[buffer]);
+    g->input_bytes.push_back(b.bytes[buffer]);
+    input_offsets.push_back(total);
+    total += AlignUp(b.bytes[buffer]);
+  }
+  for (uint32_t buffer : output_buffers) {
+    g->output_shapes.push_back(b.shapes[buffer]);
+    g->output_bytes.push_back(b.bytes[buffer]);
+    output_offsets.push_back(total);
+    total += AlignUp(b.bytes[buffer]);
+  }
+  const uint64_t arena_offset = total;
+  total += AlignUp(static_cast<uint64_t>(std::max<int64_t>(b.arena_size, 0)));
+  auto failed = [&](const std::string& what, CUresult r) {
+    return ExecError(what + " failed: " + cuda::DriverErrorString(drv, r));
+  };
+  CUresult r = drv.EventCreate(&g->done, CU_EVENT_DISABLE_TIMING);
+  if (r != CUDA_SUCCESS) {
+    g->done = nullptr;
+    return failed("creating the graph's event", r);
+  }
+  if (total > 0) {
+    r = drv.MemAlloc(&g->memory, total);
+    if (r != CUDA_SUCCESS) {
+      g->memory = 0;
+      return failed("allocating " + std::to_string(total) + " bytes of graph memory (staging and arena)", r);
+    }
+  }
+  for (uint64_t offset : input_offsets) g->input_staging.push_back(g->memory + offset);
+  for (uint64_t offset : output_offsets) g->output_staging.push_back(g->memory + offset);
+  Status status = AssignAddresses(p, b, st.weights, g->input_staging, g->output_staging, g->memory + arena_offset,
+                                  &g->addr);
+  if (!status.ok()) return status;
+  uint64_t workspace_bytes = 0;
+  status = ResolveLibrarySteps(st, p, b, g->addr, &g->entries, &workspace_bytes);
+  if (!status.ok()) return status;
+  if (workspace_bytes > 0) {
+    r = drv.MemAlloc(&g->workspace, workspace_bytes);
+    if (r != CUDA_SUCCESS) {
+      g->workspace = 0;
+      return failed("allocating " + std::to_string(workspace_bytes) + " bytes of graph library workspace", r);
     }
   }
   return Status::Ok();
 }
 
+// Enqueues the copies of the caller's inputs into g's staging buffers, after the
+// previous use of g (on whatever stream) has finished.
+CUresult StageInputs(const DriverApi& drv, const ShapeGraph& g, const std::vector<DeviceTensor>& inputs,
+                     CUstream stream) {
+  CUresult r = drv.StreamWaitEvent(stream, g.done, 0);
+  for (size_t j = 0; r == CUDA_SUCCESS && j < inputs.size(); ++j) {
+    if (g.input_bytes[j] > 0) r = drv.MemcpyDtoDAsync(g.input_staging[j], inputs[j].ptr, g.input_bytes[j], stream);
+  }
+  return r;
+}
+
+// Enqueues the copies of g's staged outputs into the caller's and marks the end of
+// this use of g.
+CUresult UnstageOutputs(const DriverApi& drv, const ShapeGraph& g, const std::vector<DeviceTensor>& outputs,
+                        CUstream stream) {
+  CUresult r = CUDA_SUCCESS;
+  for (size_t j = 0; r == CUDA_SUCCESS && j < outputs.size(); ++j) {
+    if (g.output_bytes[j] > 0) r = drv.MemcpyDtoDAsync(outputs[j].ptr, g.output_staging[j], g.output_bytes[j], stream);
+  }
+  return r == CUDA_SUCCESS ? drv.EventRecord(g.done, stream) : r;
+}
+
+// Runs the plan uncaptured on g's memory: the warm-up that makes cuBLASLt and cuDNN
+// load the kernels they chose for g's addresses before anything is captured.
+Status WarmUpGraph(Executor::DeviceState& st, const plan::Plan& p, const Bound& b, ShapeGraph& g, CUstream stream,
+                   const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs) {
+  const DriverApi& drv = *st.driver;
+  CUresult r = StageInputs(drv, g, inputs, stream);
+  Status status = r == CUDA_SUCCESS ? Status::Ok()
+                                    : ExecError("staging the inputs failed: " + cuda::DriverErrorString(drv, r));
+  if (status.ok()) status = EnqueueSteps(st, p, b, g.addr, g.entries, g.workspace, stream, nullptr);
+  if (status.ok()) {
+    r = UnstageOutputs(drv, g, outputs, stream);
+    if (r == CUDA_SUCCESS) return status;
+    status = ExecError("copying the outputs out failed: " + cuda::DriverErrorString(drv, r));
+  }
+  drv.EventRecord(g.done, stream);  // whatever was enqueued finishes before g is freed
+  return status;
+}
+
+// Captures the plan's steps on g's memory into g.exec. The steps are recorded on a
+// private stream and never run, so the caller's stream, and whatever other threads
+// enqueue on it meanwhile, stay out of the graph. THREAD_LOCAL mode forbids unsafe
+// calls (allocation, synchronisation) on this thread only, so other threads carry on.
+Status CaptureGraph(Executor::DeviceState& st, const plan::Plan& p, const Bound& b, ShapeGraph* g) {
+  const DriverApi& drv = *st.driver;
+  CUstream capture = nullptr;
+  CUresult r = drv.StreamCreate(&capture, CU_STREAM_NON_BLOCKING);
+  if (r != CUDA_SUCCESS) return ExecError("creating the capture stream failed: " + cuda::DriverErrorString(drv, r));
+  r = drv.StreamBeginCapture(capture, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
+  if (r != CUDA_SUCCESS) {
+    drv.StreamDestroy(capture);
+    return ExecError("cuStreamBeginCapture failed: " + cuda::DriverErrorString(drv, r));
+  }
+  Status status = EnqueueSteps(st, p, b, g->addr, g->entries, g->workspace, capture, nullptr);
+  CUgraph graph = nullptr;
+  r = drv.StreamEndCapture(capture, &graph);  // ends the capture after a failed step too
+  drv.StreamDestroy(capture);
+  if (status.ok() && (r != CUDA_SUCCESS || graph == nullptr)) {
+    status = ExecError("cuStreamEndCapture failed: " +
+                       (r != CUDA_SUCCESS ? cuda::DriverErrorString(drv, r) : std::string("no graph")) +
+                       " (a call in the plan cannot be captured)");
+  }
+  if (status.ok()) {
+    r = drv.GraphInstantiate(&g->exec, graph, 0);
+    if (r != CUDA_SUCCESS) {
+      g->exec = nullptr;
+      status = ExecError("cuGraphInstantiate failed: " + cuda::DriverErrorString(drv, r));
+    }
+  }
+  if (graph != nullptr) drv.GraphDestroy(graph);  // the instantiated graph does not need it
+  return status;
+}
+
+// Serves a call with g's captured graph: inputs in, graph, outputs out.
+Status ReplayGraph(const DriverApi& drv, ShapeGraph& g, CUstream stream, const std::vector<DeviceTensor>& inputs,
+                   const std::vector<DeviceTensor>& outputs) {
+  CUresult r = StageInputs(drv, g, inputs, stream);
+  if (r == CUDA_SUCCESS) r = drv.GraphLaunch(g.exec, stream);
+  if (r == CUDA_SUCCESS) r = UnstageOutputs(drv, g, outputs, stream);
+  if (r != CUDA_SUCCESS) {
+    drv.EventRecord(g.done, stream);  // whatever was enqueued finishes before g is freed
+    return ExecError("replaying the CUDA graph failed: " + cuda::DriverErrorString(drv, r));
+  }
+  graphs_replayed.fetch_add(1, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+// CUDA events created for one Profile call, destroyed with it.
+class EventSet {
+ public:
+  explicit EventSet(const DriverApi& drv) : drv_(drv) {}
+  ~EventSet() {
+    for (CUevent e : events_) drv_.EventDestroy(e);
+  }
+  Status Create(size_t count) {
+    for (size_t i = 0; i < count; ++i) {
+      CUevent e = nullptr;
+      CUresult r = drv_.EventCreate(&e, CU_EVENT_DEFAULT);
+      if (r != CUDA_SUCCESS) return ExecError("creating a timing event failed: " + cuda::DriverErrorString(drv_, r));
+      events_.push_back(e);
+    }
+    return Status::Ok();
+  }
+  const std::vector<CUevent>& events() const { return events_; }
+
+ private:
+  const DriverApi& drv_;
+  std::vector<CUevent> events_;
+};
+
+}  // namespace
+
+// --------------------------------------------------------------------------- run
+Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
+                     std::vector<DeviceTensor>* outputs) {
+  std::string error;
+  const DriverApi* drv = cuda::Driver(&error);
+  if (drv == nullptr) return Status::Error(Status::kUnavailable, error);
+  CUcontext context = nullptr;
+  Status status = StreamContext(*drv, stream, &context);
+  if (!status.ok()) return status;
+  ContextScope scope(drv, context);
+  if (!scope.pushed()) return Status::Error(Status::kUnavailable, "cannot make the stream's CUDA context current");
+  DeviceState* st = nullptr;
+  status = GetDeviceState(context, &st);
+  if (!status.ok()) return status;
+  std::vector<int64_t> symbols;
+  status = BindInputSymbols(plan_, num_inputs_, inputs, &symbols);
+  if (!status.ok()) return status;
+
+  // A shape with a graph slot is served on the slot's memory when no other call holds
+  // it; a busy or uncapturable slot, or a shape past the cache, runs uncaptured.
+  ShapeGraph* g = graphs_ ? CachedGraph(*st, symbols, options_.max_cached_shapes) : nullptr;
+  std::unique_lock<std::mutex> graph_lock;
+  if (g != nullptr && g->state.load(std::memory_order_acquire) != ShapeGraph::kUncapturable) {
+    graph_lock = std::unique_lock<std::mutex>(g->mu, std::try_to_lock);
+  }
+  const int state = graph_lock.owns_lock() ? g->state.load(std::memory_order_acquire) : ShapeGraph::kUncapturable;
+  // From here on the shape runs uncaptured; `why` is logged.
+  auto give_up_graph = [&](const std::string& symbol_values, const std::string& why) {
+    g->state.store(ShapeGraph::kUncapturable, std::memory_order_release);
+    ReportUncapturable(symbol_values, why);
+    g->Release(*drv);
+  };
+  if (state == ShapeGraph::kReady && SameShapes(g->input_shapes, inputs)) {
+    status = AllocateOutputs(g->output_shapes, g->output_bytes, allocator, outputs);
+    if (!status.ok()) return status;
+    status = ReplayGraph(*drv, *g, stream, inputs, *outputs);
+    if (!status.ok()) give_up_graph(SymbolsString(plan_, symbols), status.message());
+    return status;
+  }
+
+  Bound b;
+  status = Bind(plan_, inputs, std::move(symbols), &b);
+  if (!status.ok()) return status;
+  bool outputs_allocated = false;
+  if (state == ShapeGraph::kNew || state == ShapeGraph::kWarm) {
+    status = AllocateBoundOutputs(b, output_buffers_, allocator, outputs);
+    if (!status.ok()) return status;
+    outputs_allocated = true;
+    // Setting up and capturing enqueue nothing: if either fails, the call runs
+    // uncaptured below. A failure after that is the call's own.
+    Status setup = state == ShapeGraph::kNew ? SetUpGraphMemory(*st, plan_, input_buffers_, output_buffers_, b, g)
+                                              : CaptureGraph(*st, plan_, b, g);
+    if (setup.ok()) {
+      if (state == ShapeGraph::kWarm) {
+        graphs_captured.fetch_add(1, std::memory_order_relaxed);
+        g->state.store(ShapeGraph::kReady, std::memory_order_release);
+      }
+      status = state == ShapeGraph::kNew ? WarmUpGraph(*st, plan_, b, *g, stream, inputs, *outputs)
+                                         : ReplayGraph(*drv, *g, stream, inputs, *outputs);
+      if (!status.ok()) {
+        give_up_graph(SymbolsString(plan_, b.symbols), status.message());
+        return status;
+      }
+      if (state == ShapeGraph::kNew) g->state.store(ShapeGraph::kWarm, std::memory_order_release);
+      return status;
+    }
+    give_up_graph(SymbolsString(plan_, b.symbols), setup.message());
+  }
+  graph_lock = std::unique_lock<std::mutex>();  // the uncaptured run needs no slot
+
+  Prepared prep;
+  status = PrepareOnAllocator(*st, plan_, output_buffers_, b, inputs, allocator, outputs_allocated, outputs, &prep);
+  if (!status.ok()) return status;
+  return EnqueueSteps(*st, plan_, b, prep.addr, prep.entries, prep.workspace, stream, nullptr);
+}
+
+void Executor::ReportUncapturable(const std::string& symbols, const std::string& why) {
+  graphs_uncapturable.fetch_add(1, std::memory_order_relaxed);
+  if (uncapturable_logged_.exchange(true)) return;
+  std::fprintf(stderr,
+               "tftrt_lite: %s runs without a CUDA graph at %s because %s. Logged once per engine; "
+               "tftrt_lite_cuda_graph_counts() counts such shapes.\n",
+               options_.label.c_str(), symbols.c_str(), why.c_str());
+}
+
+// --------------------------------------------------------------------------- profile
+Status Executor::Profile(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
+                         int repeats, std::vector<double>* step_us, std::vector<DeviceTensor>* outputs) {
+  if (repeats < 1) return ExecError("profiling needs at least one repeat, got " + std::to_string(repeats));
+  std::string error;
+  const DriverApi* drv = cuda::Driver(&error);
+  if (drv == nullptr) return Status::Error(Status::kUnavailable, error);
+  CUcontext context = nullptr;
+  Status status = StreamContext(*drv, stream, &context);
+  if (!status.ok()) return status;
+  ContextScope scope(drv, context);
+  if (!scope.pushed()) return Status::Error(Status::kUnavailable, "cannot make the stream's CUDA context current");
+  DeviceState* st = nullptr;
+  status = GetDeviceState(context, &st);
+  if (!status.ok()) return status;
+  std::vector<int64_t> symbols;
+  status = BindInputSymbols(plan_, num_inputs_, inputs, &symbols);
+  if (!status.ok()) return status;
+  Bound b;
+  status = Bind(plan_, inputs, std::move(symbols), &b);
+  if (!status.ok()) return status;
+  Prepared prep;
+  status = PrepareOnAllocator(*st, plan_, output_buffers_, b, inputs, allocator, false, outputs, &prep);
+  if (!status.ok()) return status;
+
+  const size_t n = plan_.steps.size();
+  EventSet marks(*drv);
+  status = marks.Create(n + 1);
+  if (!status.ok()) return status;
+  std::vector<std::vector<double>> samples(n, std::vector<double>(repeats));
+  for (int rep = 0; rep < repeats; ++rep) {
+    status = EnqueueSteps(*st, plan_, b, prep.addr, prep.entries, prep.workspace, stream, &marks.events());
+    if (!status.ok()) return status;
+    CUresult r = drv->EventSynchronize(marks.events()[n]);
+    for (size_t i = 0; r == CUDA_SUCCESS && i < n; ++i) {
+      float ms = 0.0f;
+      r = drv->EventElapsedTime(&ms, marks.events()[i], marks.events()[i + 1]);
+      samples[i][rep] = 1000.0 * ms;
+    }
+    if (r != CUDA_SUCCESS) return ExecError("reading the step timings failed: " + cuda::DriverErrorString(*drv, r));
+  }
+  step_us->assign(n, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<double>& v = samples[i];
+    std::sort(v.begin(), v.end());
+    (*step_us)[i] = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  }
+  return Status::Ok();
+}
+
 }  // namespace tftrt_lite
+
+extern "C" void tftrt_lite_cuda_graph_counts(int64_t* captured, int64_t* replayed, int64_t* uncapturable) {
+  const tftrt_lite::CudaGraphCounts counts = tftrt_lite::GetCudaGraphCounts();
+  *captured = counts.captured;
+  *replayed = counts.replayed;
+  *uncapturable = counts.uncapturable;
+}

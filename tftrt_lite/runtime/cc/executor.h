@@ -11,11 +11,23 @@
 // CUDA context and cached per context; library descriptors and algorithm choices are
 // cached per (step, symbol values). Several threads may call Run on one Executor at
 // once: per-call state lives on the caller's stack and every cache is under a mutex.
+//
+// CUDA graphs: a plan is a long, fixed sequence of small launches, so for a few input-
+// shape sets the whole sequence is captured once into a CUDA graph and replayed, which
+// removes the per-step host work (expression evaluation, cuLaunchKernel, cuBLASLt and
+// cuDNN calls). A graph replays the addresses it was captured with while the caller
+// hands new input and output addresses every call, so a captured shape runs on memory
+// the executor owns (arena, library workspace and staging copies of inputs and outputs):
+// copy inputs in, launch the graph, copy outputs out. The first call of a shape runs
+// uncaptured on that memory (choosing algorithms and loading library kernels outside
+// capture), the second captures; capture problems never fail a call, they only make
+// the shape run uncaptured.
 #ifndef TFTRT_LITE_RUNTIME_CC_EXECUTOR_H_
 #define TFTRT_LITE_RUNTIME_CC_EXECUTOR_H_
 
 #include <cuda.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -71,11 +83,21 @@ class DeviceAllocator {
                                 CUdeviceptr* ptr) = 0;
 };
 
+struct ExecutorOptions {
+  // How many input-shape sets (symbol bindings) per device get a captured CUDA graph,
+  // first come first served; other shapes run uncaptured. 0 turns capture off, as
+  // does TFTRT_LITE_CUDA_GRAPHS=0 for the whole process.
+  int max_cached_shapes = 1;
+  // Names the engine in the messages the executor logs.
+  std::string label = "engine";
+};
+
 class Executor {
  public:
   // Parses `plan_bytes` (copied) and checks that every step is one this executor can
   // run. Fails with kInvalidPlan naming what is wrong; touches no GPU.
-  static Status Create(std::string plan_bytes, std::unique_ptr<Executor>* executor);
+  static Status Create(std::string plan_bytes, std::unique_ptr<Executor>* executor,
+                       ExecutorOptions options = ExecutorOptions());
   ~Executor();
 
   Executor(const Executor&) = delete;
@@ -94,20 +116,34 @@ class Executor {
   Status Run(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
              std::vector<DeviceTensor>* outputs);
 
+  // Runs the plan uncaptured `repeats` times with a CUDA event recorded between every
+  // two steps, and sets `step_us[i]` to step i's median time in microseconds (0 for a
+  // step the shapes leave empty). Memory comes from `allocator` once; `outputs` holds
+  // the last repeat's results. Synchronises the stream after every repeat: a
+  // measuring tool, not a serving path.
+  Status Profile(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator, int repeats,
+                 std::vector<double>* step_us, std::vector<DeviceTensor>* outputs);
+
   struct DeviceState;  // per CUDA context: modules, weights, handles, caches
 
  private:
-  explicit Executor(std::string plan_bytes);
+  explicit Executor(std::string plan_bytes, ExecutorOptions options);
   Status Validate();
   Status GetDeviceState(CUcontext context, DeviceState** state);
   Status LoadDeviceState(CUcontext context, DeviceState** state);
+  // Logs, once per executor, why a shape runs uncaptured.
+  void ReportUncapturable(const std::string& symbols, const std::string& why);
 
   std::string bytes_;  // the plan keeps pointers into these bytes
   plan::Plan plan_;
+  const ExecutorOptions options_;
+  const bool graphs_;  // capture is on (options and environment)
   int num_inputs_ = 0;
   int num_outputs_ = 0;
   std::vector<uint32_t> input_dtypes_, output_dtypes_;
+  std::vector<uint32_t> input_buffers_, output_buffers_;  // plan buffer of each engine input / output
   bool needs_cublaslt_ = false, needs_cudnn_ = false;
+  std::atomic<bool> uncapturable_logged_{false};
 
   std::mutex mu_;  // guards devices_ and unloadable_
   std::map<CUcontext, std::unique_ptr<DeviceState>> devices_;
@@ -118,6 +154,24 @@ class Executor {
 // TensorFlow, unless TFTRT_LITE_ALLOW_TF32=0 (read once per process).
 bool Tf32Allowed();
 
+// Whether executors may capture CUDA graphs: yes unless TFTRT_LITE_CUDA_GRAPHS=0 (read
+// once per process).
+bool CudaGraphsEnabled();
+
+// Process-wide CUDA-graph counts over all executors: graphs captured, calls served by
+// a graph replay, and shapes found uncapturable (they run uncaptured from then on).
+struct CudaGraphCounts {
+  int64_t captured = 0;
+  int64_t replayed = 0;
+  int64_t uncapturable = 0;
+};
+CudaGraphCounts GetCudaGraphCounts();
+
 }  // namespace tftrt_lite
+
+extern "C" {
+// GetCudaGraphCounts for ctypes, from either library the executor is built into.
+void tftrt_lite_cuda_graph_counts(int64_t* captured, int64_t* replayed, int64_t* uncapturable);
+}
 
 #endif  // TFTRT_LITE_RUNTIME_CC_EXECUTOR_H_
