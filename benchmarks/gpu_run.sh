@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One GPU-machine run: the gpu-marked tests (engines must run: native fallback disabled),
-# then the benchmark. Logs and JSON go to $OUT (or ./gpu_out); the benchmark table prints last.
+# then the benchmark. Logs and JSON go to $RESULTS_DIR (default ./gpu_out); the benchmark table prints last.
 #   bash benchmarks/gpu_run.sh [tests|bench|all] [extra benchmark args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+OUT=${RESULTS_DIR:-gpu_out}; mkdir -p "$OUT"
 what=${1:-all}; shift || true
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -86,6 +86,9 @@ def test_constant_operand_validators():
     axes = _check(lambda x: tf.reduce_mean(x, axis=tf.shape(x)[3:] - 2, name="m"), "m")
     assert axes.reason == "Mean with non-constant reduction axes"
     assert _check(lambda x: tf.reduce_mean(x, axis=[1, 2], name="m"), "m").ok
+    assert _check(lambda x: tf.reduce_max(x, axis=[-1, 2], name="m"), "m").ok
+    gap = _check(lambda x: tf.reduce_max(x, axis=[1, 3], name="m"), "m")
+    assert gap.reason == "Max over non-adjacent axes [1, 3]"
     perm = _check(lambda x: tf.transpose(x, tf.reverse(tf.range(4), [0]), name="t"), "t")
     assert perm.reason == "Transpose with non-constant permutation"
 

@@ -26,12 +26,12 @@ import tensorflow as tf
 
 from tftrt_lite import report as report_lib
 from tftrt_lite.engine import build_engine
+from tftrt_lite.engine.builder import SUPPORTED_PRECISIONS
 from tftrt_lite.engine.plan import FORMAT_VERSION
-from tftrt_lite.errors import ConversionError, NotSupportedYetError, TftrtLiteError
+from tftrt_lite.errors import NotSupportedYetError, TftrtLiteError
 from tftrt_lite.load import load_saved_model
 from tftrt_lite.lower import lower_segment
 from tftrt_lite.replace import EngineSpec, replace_segments
-from tftrt_lite.runtime import oplib
 from tftrt_lite.save import save_functions
 from tftrt_lite.segment import segment_graph
 
@@ -54,9 +54,6 @@ class TrtPrecisionMode:
         return modes + [m.lower() for m in modes]
 
 
-#: Precision modes engines can be built for in this release.
-_BUILDABLE_PRECISIONS = ("FP32",)
-
 TrtConversionParams = collections.namedtuple(
     "TrtConversionParams",
     ["max_workspace_size_bytes", "precision_mode", "minimum_segment_size",
@@ -71,8 +68,9 @@ def _check_params(params: TrtConversionParams, use_dynamic_shape, profile_strate
     if precision not in TrtPrecisionMode.supported_precision_modes():
         raise ValueError(f"precision_mode={params.precision_mode!r} is not one of "
                          f"{TrtPrecisionMode.supported_precision_modes()[:4]}")
-    if precision not in _BUILDABLE_PRECISIONS:
-        raise NotSupportedYetError(f"not supported yet: precision_mode={precision!r} (available: FP32)")
+    if precision not in SUPPORTED_PRECISIONS:
+        raise NotSupportedYetError(f"not supported yet: precision_mode={precision!r} "
+                                   f"(available: {', '.join(SUPPORTED_PRECISIONS)})")
     if not isinstance(params.minimum_segment_size, int) or params.minimum_segment_size < 1:
         raise ValueError(f"minimum_segment_size must be a positive int, got {params.minimum_segment_size!r}")
     if not isinstance(params.maximum_cached_engines, int) or params.maximum_cached_engines < 1:
@@ -158,7 +156,6 @@ class TrtGraphConverterV2:
             raise RuntimeError("convert() was already called on this converter")
         if calibration_input_fn is not None:
             raise NotSupportedYetError("not supported yet: calibration_input_fn (INT8 calibration)")
-        oplib.load()
         t0 = time.perf_counter()
         loaded = load_saved_model(self._input_dir, self._tags, self._signature_key)
         self._timings["load_s"] = time.perf_counter() - t0

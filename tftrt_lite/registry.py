@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
@@ -216,7 +217,23 @@ def _cast(node, view):
 def _reduction(node, view):
     # opset 17 ReduceMean/Max/Min/Prod take axes as an attribute: they must be known now.
     return _first(_dtype_in(node, "T", FLOAT_OR_INDEX),
-                  _const_input(node, view, 1, "reduction axes"))
+                  _const_input(node, view, 1, "reduction axes"),
+                  _adjacent_axes(node, view))
+
+
+def _adjacent_axes(node, view) -> Optional[str]:
+    """The engine generates reductions over one run of adjacent axes (rows of a 2-D view)."""
+    value = view.constant(node, 1)
+    if value is None:
+        return None  # reported by the constant-axes check
+    rank = view.input_shape(node, 0).rank
+    axes = np.atleast_1d(value).astype(np.int64).tolist()
+    if rank is None:
+        return None if len(axes) <= 1 else f"{node.op} over several axes of an input of unknown rank"
+    axes = sorted({a % rank for a in axes})
+    if axes and axes[-1] - axes[0] + 1 != len(axes):
+        return f"{node.op} over non-adjacent axes {axes}"
+    return None
 
 
 @REGISTRY.register({"Softmax": ["Softmax"], "LogSoftmax": ["LogSoftmax"]})

@@ -24,7 +24,7 @@ from tftrt_lite.codegen.kernel import (
     FLOAT_DTYPES, Dim, KernelSpec, KernelWriter, c_literal, c_type, dim_mul, dim_prod, emitter,
     grid_1d, shape_of, unravel)
 from tftrt_lite.engine import ir
-from tftrt_lite.engine.fused_ops import ELEMENTWISE_OPS, check_program
+from tftrt_lite.engine.fused_ops import ELEMENTWISE_OPS, check_program, instruction_attrs
 from tftrt_lite.errors import UnsupportedOpError
 
 BLOCK = 256
@@ -66,6 +66,13 @@ def instruction_c(ins: Dict, args: Sequence[str]) -> str:
         return f"({args[0]} < {ct}(0) ? {ct}(0) : {args[0]})"
     if op == "LeakyRelu":
         return f"({args[0]} >= {ct}(0) ? {args[0]} : ({ct})({args[0]} * {c_literal(ins['alpha'], dt)}))"
+    if op == "Elu":
+        return f"({args[0]} >= {ct}(0) ? {args[0]} : ({ct})({c_literal(ins['alpha'], dt)} * (tl_exp({args[0]}) - {ct}(1))))"
+    if op == "Selu":
+        neg = f"{c_literal(ins['alpha'], dt)} * (tl_exp({args[0]}) - {ct}(1))"
+        return f"({ct})({c_literal(ins['gamma'], dt)} * ({args[0]} > {ct}(0) ? {args[0]} : {neg}))"
+    if op == "Softsign":
+        return f"({ct})({args[0]} / ({ct}(1) + tl_abs({args[0]})))"
     if op == "HardSigmoid":
         lin = f"({args[0]} * {c_literal(ins['alpha'], dt)} + {c_literal(ins['beta'], dt)})"
         return f"tl_min<{ct}>(tl_max<{ct}>({lin}, {ct}(0)), {ct}(1))"
@@ -300,12 +307,8 @@ def onnx_program(graph: ir.Graph, node: ir.Node) -> Tuple[List[Dict], List[str],
     if op == "Expand":
         return [{"op": "Identity", "args": ["in0"], "dtype": dt}], ["v0"], ins[:1]
     if op in ELEMENTWISE_OPS and op != "Const":
-        ins_dict = {"op": op, "args": refs[:ELEMENTWISE_OPS[op][0]], "dtype": dt}
-        if op == "LeakyRelu":
-            ins_dict["alpha"] = float(node.attrs["alpha"])
-        elif op == "HardSigmoid":
-            ins_dict["alpha"] = float(node.attrs["alpha"])
-            ins_dict["beta"] = float(node.attrs["beta"])
+        ins_dict = {"op": op, "args": refs[:ELEMENTWISE_OPS[op][0]], "dtype": dt,
+                    **instruction_attrs(op, node.attrs)}
         return [ins_dict], ["v0"], ins[:ELEMENTWISE_OPS[op][0]]
     raise UnsupportedOpError(f"op {op!r} (node {node.name!r}) is not an elementwise op")
 

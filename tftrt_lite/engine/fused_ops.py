@@ -202,6 +202,17 @@ def _ew(arity: int, fn: Callable) -> tuple:
     return arity, fn
 
 
+#: Attributes an elementwise instruction copies from its ONNX node (all floats).
+INSTRUCTION_ATTRS: Dict[str, tuple] = {
+    "LeakyRelu": ("alpha",), "Elu": ("alpha",), "HardSigmoid": ("alpha", "beta"), "Selu": ("alpha", "gamma"),
+}
+
+
+def instruction_attrs(op: str, node_attrs: Dict) -> Dict[str, float]:
+    """The instruction attributes of ONNX elementwise ``op`` taken from its node's attrs."""
+    return {k: float(node_attrs[k]) for k in INSTRUCTION_ATTRS.get(op, ())}
+
+
 #: op name → (arity, fn(args, instruction) → array). The names are ONNX op names and mean
 #: what ONNX means by them; ``Const`` (arity 0) yields the scalar ``instruction["value"]``.
 ELEMENTWISE_OPS: Dict[str, tuple] = {
@@ -233,6 +244,9 @@ ELEMENTWISE_OPS: Dict[str, tuple] = {
     "Relu": _ew(1, lambda a, i: np.maximum(a[0], 0)),
     "Softplus": _ew(1, lambda a, i: np.logaddexp(a[0], 0)),
     "LeakyRelu": _ew(1, lambda a, i: np.where(a[0] >= 0, a[0], a[0] * i["alpha"])),
+    "Elu": _ew(1, lambda a, i: np.where(a[0] >= 0, a[0], i["alpha"] * np.expm1(a[0]))),
+    "Selu": _ew(1, lambda a, i: i["gamma"] * np.where(a[0] > 0, a[0], i["alpha"] * np.expm1(a[0]))),
+    "Softsign": _ew(1, lambda a, i: a[0] / (1 + np.abs(a[0]))),
     "HardSigmoid": _ew(1, lambda a, i: np.clip(a[0] * i["alpha"] + i["beta"], 0, 1)),
     "Clip": _ew(3, lambda a, i: np.minimum(np.maximum(a[0], a[1]), a[2])),
     "Cast": _ew(1, lambda a, i: a[0]),  # the conversion is the result dtype itself
@@ -291,7 +305,8 @@ def fused_elementwise(inputs: Sequence[np.ndarray], attrs: Dict) -> List[np.ndar
                - ``dtype`` is the result dtype (for ``Cast`` it is the target type;
                  comparisons give ``bool``);
                - ``Const`` carries ``"value"`` (a Python scalar: an immediate in CUDA C);
-                 ``LeakyRelu`` carries ``"alpha"``; ``HardSigmoid`` ``"alpha"``/``"beta"``.
+                 ``LeakyRelu`` and ``Elu`` carry ``"alpha"``; ``HardSigmoid``
+                 ``"alpha"``/``"beta"``; ``Selu`` ``"alpha"``/``"gamma"``.
              ``outputs``: list of refs, one per node output, in order.
     A code generator emits, per output element: one load per input (broadcast index),
     one C expression per instruction, one store per output.

@@ -99,8 +99,7 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 def _array(t: TensorProto, where: str) -> np.ndarray:
     ir_dtype(t.data_type, where)
-    value = numpy_helper.to_array(t)
-    return np.ascontiguousarray(value)
+    return numpy_helper.to_array(t).copy()  # C-contiguous and, unlike ascontiguousarray, keeps 0-d
 
 
 def _symbol_name(param: str) -> str:

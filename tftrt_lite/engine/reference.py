@@ -843,7 +843,7 @@ def _tile(inputs, attrs):
 def _expand(inputs, attrs):
     x, shape = inputs[0], tuple(int(d) for d in inputs[1])
     out = np.broadcast_shapes(x.shape, shape)
-    return [np.ascontiguousarray(np.broadcast_to(x, out))]
+    return [np.broadcast_to(x, out).copy()]
 
 
 @reference_op("ConstantOfShape")

@@ -709,7 +709,9 @@ def slice_params(ctx, x: Shape):
 
 def _slice_len(dim: Dim, start: Dim, end: Dim, step: int, ctx) -> Tuple[Dim, Optional[Tuple[int, int]]]:
     """Output length along one axis and, for a static dim, the clamped (start, end)."""
-    big = 2 ** 62
+    # "To the end": ONNX exporters write INT64_MAX, INT32_MAX or tf2onnx's 1e9. A real
+    # axis of 1e9 elements cannot be an engine tensor (it would not fit GPU memory).
+    big = 10 ** 9
     if isinstance(dim, str):
         if step == 1 and isinstance(start, int) and 0 <= start and (
                 isinstance(end, int) and end >= big or sym.equal(end, dim)):

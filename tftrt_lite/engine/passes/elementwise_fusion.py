@@ -20,7 +20,7 @@ from typing import Dict, List, Set
 
 import numpy as np
 
-from tftrt_lite.engine.fused_ops import ELEMENTWISE_OPS, check_program
+from tftrt_lite.engine.fused_ops import ELEMENTWISE_OPS, check_program, instruction_attrs
 from tftrt_lite.engine.ir import Graph, Node
 from tftrt_lite.engine.reference import np_dtype
 from tftrt_lite.engine.passes.graph_edit import make_node, scalar_const
@@ -140,10 +140,7 @@ class _ProgramBuilder:
             ins = {"op": "Clip", "args": args, "dtype": dtype}
         else:
             ins = {"op": m.op, "args": [self.ref(i) for i in m.inputs if i], "dtype": dtype}
-        if m.op == "LeakyRelu":
-            ins["alpha"] = float(m.attrs["alpha"])
-        if m.op == "HardSigmoid":
-            ins["alpha"], ins["beta"] = float(m.attrs["alpha"]), float(m.attrs["beta"])
+        ins.update(instruction_attrs(m.op, m.attrs))
         self.refs[m.outputs[0]] = self.add(ins)
 
 
