@@ -30,6 +30,7 @@ def test_inspect_prints_engines_and_report(converted, capsys):
     text = capsys.readouterr().out
     assert "TftrtLiteEngine_serving_default_1" in text and "native AsString x1" in text
     assert "absorbed: " in text
+    assert "library calls" in text and "B unplanned at {'N': 1}" in text
 
 
 def test_inspect_of_an_unconverted_model_says_so(converted, capsys):

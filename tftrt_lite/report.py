@@ -105,10 +105,11 @@ def print_summary(report: Dict, line_length: int = 160, detailed: bool = True,
                 print_fn(f"    absorbed: {ops}")
                 stats = e.get("engine") or {}
                 if stats:
-                    keys = ("kernels", "library_calls", "arena_peak_bytes", "naive_bytes")
-                    shown = ", ".join(f"{k}={stats[k]}" for k in keys if k in stats)
-                    if shown:
-                        print_fn(f"    engine: {shown}")
+                    mem = stats["memory_at_binding"]
+                    print_fn(f"    engine: {stats['kernel_count']} kernels, {stats['launch_count']} launches, "
+                             f"{stats['library_calls']} library calls, {stats['weight_bytes']} weight bytes; "
+                             f"arena {mem['arena_bytes']} B vs {mem['naive_bytes']} B unplanned "
+                             f"at {mem['binding']}")
     print_fn("-" * line_length)
     for key, sig in report["signatures"].items():
         print_fn(f"[{key}] {sig['converted_ops']}/{sig['total_ops']} ops converted "
