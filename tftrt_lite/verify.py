@@ -66,10 +66,11 @@ def verify_engine(engine, lowered, batch_sizes=(1, 3), seed: int = 0) -> None:
         with tf.compat.v1.Session(graph=graph) as sess:
             want = sess.run(outputs, tf_feeds)
         for ours, theirs, b in zip(engine.output_names, outputs, want):
-            if not _close(np.asarray(got[ours]), b):
+            a = np.asarray(got[ours])
+            if not _close(a, b):
                 raise ConversionError(
                     f"engine {engine.name!r}: output {theirs!r} differs from its native segment "
-                    f"({_error(np.asarray(got[ours]), b)}; unknown dims = {size}; rtol={RTOL}, atol={ATOL}); "
+                    f"({_error(a, b)}; unknown dims = {size}; rtol={RTOL}, atol={ATOL}); "
                     + _first_divergence(lowered, graph, feeds, tf_feeds))
 
 

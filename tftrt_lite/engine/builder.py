@@ -72,15 +72,11 @@ class Engine:
     def target_archs(self) -> Tuple[str, ...]:
         return tuple(self.plan.meta["target_archs"])
 
-    def run_reference(self, feeds: Mapping[str, np.ndarray], intermediates: bool = False) -> Dict[str, np.ndarray]:
-        """Run the optimised graph with the NumPy reference executor.
-
-        ``intermediates=True`` returns every computed tensor, not only the outputs (used
-        to name the first tensor where an engine diverges from TensorFlow).
-        """
+    def run_reference(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run the optimised graph with the NumPy reference executor."""
         from tftrt_lite.engine.reference import run_graph
 
-        return run_graph(self.graph, feeds, intermediates=intermediates)
+        return run_graph(self.graph, feeds)
 
     def serialize(self) -> bytes:
         return serialize_plan(self.plan)
