@@ -1,11 +1,11 @@
 """Side-by-side latency: TF native, TF XLA and tftrt_lite, in one process on one GPU.
 
-Run (GPU machine): python benchmarks/bench.py --out benchmarks/results/DATE_DEVICE.json
+Run (GPU machine): python benchmarks/bench.py --precisions FP32,FP16 --out benchmarks/results/DATE_DEVICE.json
 
 For each model and batch it measures the median ms/batch of
   tf-native   the Keras model under tf.function,
   tf-xla      the same under tf.function(jit_compile=True),
-  tftrt_lite  the converted SavedModel's serving signature,
+  tftrt_lite  the converted SavedModel's serving signature, once per ``--precisions`` entry,
 with native fallback disabled (TFTRT_LITE_ALLOW_NATIVE_FALLBACK=0), so a tftrt_lite row is
 the engine or an error, never a silent fallback. Inputs are fresh random tensors resident on
 the GPU; each timing runs `iters` calls back to back and synchronises once, repeated
@@ -81,25 +81,26 @@ def bench_model(name, args, device, date):
     src = os.path.join(work, "model")
     model_zoo.export(keras_model, src, "input_ids" if "bert" in name else "images")
 
-    t0 = time.perf_counter()
-    conv = tftrt_lite.Converter(input_saved_model_dir=src, precision_mode=args.precision)
-    conv.convert()
-    out_dir = conv.save(os.path.join(work, "converted"))
-    convert_s = time.perf_counter() - t0
-    converted = tf.saved_model.load(out_dir).signatures["serving_default"]
-    arg = next(iter(converted.structured_input_signature[1]))
-
     runners = {
-        "tf-native": tf.function(lambda x: keras_model(x, training=False)),
-        "tf-xla": tf.function(lambda x: keras_model(x, training=False), jit_compile=True),
-        "tftrt_lite": lambda x: converted(**{arg: x}),
+        "tf-native": ("FP32", tf.function(lambda x: keras_model(x, training=False)), None),
+        "tf-xla": ("FP32", tf.function(lambda x: keras_model(x, training=False), jit_compile=True), None),
     }
+    for precision in args.precisions:
+        t0 = time.perf_counter()
+        conv = tftrt_lite.Converter(input_saved_model_dir=src, precision_mode=precision)
+        conv.convert()
+        out_dir = conv.save(os.path.join(work, f"converted_{precision}"))
+        convert_s = time.perf_counter() - t0
+        converted = tf.saved_model.load(out_dir).signatures["serving_default"]
+        arg = next(iter(converted.structured_input_signature[1]))
+        runners[f"tftrt_lite/{precision}"] = (precision, lambda x, f=converted, a=arg: f(**{a: x}), convert_s)
     for batch in batches:
         x = _inputs(keras_model, batch, seed=batch)
-        row = {}
-        for runner, fn in runners.items():
-            rec = {"model": name, "batch": batch, "precision": "FP32" if runner != "tftrt_lite" else args.precision,
-                   "runner": runner, "device": device, "date": date}
+        row = []
+        for key, (precision, fn, convert_s) in runners.items():
+            runner = key.split("/")[0]
+            rec = {"model": name, "batch": batch, "precision": precision, "runner": runner,
+                   "device": device, "date": date}
             try:
                 rec["ms"], rec["ms_min"] = _time(fn, x, args.iters, args.repeats)
             except Exception as e:  # one runner failing must not lose the others' numbers
@@ -108,10 +109,10 @@ def bench_model(name, args, device, date):
             if runner == "tftrt_lite":
                 rec["convert_s"] = round(convert_s, 2)
                 rec["stats"] = tftrt_lite.stats()
-            row[runner] = rec
+            row.append(rec)
             records.append(rec)
-        xla = row["tf-xla"].get("ms")
-        for rec in row.values():
+        xla = next(r for r in row if r["runner"] == "tf-xla").get("ms")
+        for rec in row:
             if rec.get("ms") and xla:
                 rec["ratio_vs_xla"] = round(rec["ms"] / xla, 3)
     return records
@@ -121,7 +122,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(CONFIGS))
     parser.add_argument("--batches", type=lambda s: tuple(int(b) for b in s.split(",")), default=None)
-    parser.add_argument("--precision", default="FP32")
+    parser.add_argument("--precisions", type=lambda s: [p.strip().upper() for p in s.split(",")],
+                        default=["FP32"], help="tftrt_lite precisions to convert and time, e.g. FP32,FP16,BF16")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", required=True)
@@ -139,18 +141,18 @@ def main():
             json.dump(records, f, indent=1)
 
     print(f"\n{device}, {date}, median ms/batch (ratio vs XLA)")
-    print(f"{'model':<16}{'batch':>6}  {'tf-native':>12}{'tf-xla':>12}{'tftrt_lite':>20}")
-    keyed = {(r["model"], r["batch"], r["runner"]): r for r in records}
+    precisions = list(args.precisions)
+    print(f"{'model':<16}{'batch':>6}  {'tf-native':>10}{'tf-xla':>10}" + "".join(f"{p:>18}" for p in precisions))
+    keyed = {(r["model"], r["batch"], r["runner"], r["precision"]): r for r in records}
     for model, batch in sorted({(r["model"], r["batch"]) for r in records}):
         cells = []
-        for runner in ("tf-native", "tf-xla", "tftrt_lite"):
-            r = keyed[(model, batch, runner)]
+        for runner, precision in [("tf-native", "FP32"), ("tf-xla", "FP32")] + [("tftrt_lite", p) for p in precisions]:
+            r = keyed[(model, batch, runner, precision)]
             cell = "error" if r.get("ms") is None else f"{r['ms']:.2f}"
             if runner == "tftrt_lite" and r.get("ratio_vs_xla"):
                 cell += f" ({r['ratio_vs_xla']:.2f}x)"
             cells.append(cell)
-        print(f"{model:<16}{batch:>6}  {cells[0]:>12}{cells[1]:>12}{cells[2]:>20}")
-
+        print(f"{model:<16}{batch:>6}  {cells[0]:>10}{cells[1]:>10}" + "".join(f"{c:>18}" for c in cells[2:]))
 
 if __name__ == "__main__":
     main()

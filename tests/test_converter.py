@@ -181,11 +181,12 @@ def test_fallback_can_be_disabled_so_tests_prove_engines_ran(split_model, tmp_pa
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"precision_mode": "FP16"}, NotSupportedYetError, "precision_mode='FP16'"),
     ({"precision_mode": "INT8"}, NotSupportedYetError, "precision_mode='INT8'"),
     ({"precision_mode": "FP64"}, ValueError, "precision_mode='FP64'"),
     ({"dynamic_shape_profile_strategy": "Range"}, NotSupportedYetError, "dynamic_shape_profile_strategy"),
     ({"minimum_segment_size": 0}, ValueError, "minimum_segment_size"),
+    ({"precision_overrides": {"dense": "FP8"}}, ValueError, "must be one of"),
+    ({"allow_tf32": "yes"}, ValueError, "allow_tf32"),
 ])
 def test_invalid_or_not_yet_supported_options_are_named(split_model, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -232,3 +233,19 @@ def test_maximum_cached_engines_sets_the_number_of_captured_shapes(split_model, 
     nodes = [n for f in proto.meta_graphs[0].graph_def.library.function for n in f.node_def
              if n.op == "TftrtLiteEngine"]
     assert len(nodes) == 3 and all(n.attr["max_cached_shapes"].i == 3 for n in nodes)
+
+
+def test_fp16_conversion_with_an_override_saves_and_reports_its_precision(split_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("TFTRT_LITE_VERIFY", "1")  # each engine's reference checked against TF at 1e-2
+    conv = tftrt_lite.Converter(input_saved_model_dir=split_model, precision_mode="FP16",
+                                precision_overrides={"MatMul": "FP32"})
+    conv.convert()
+    engines = conv.engines()
+    assert engines and all(b.engine.precision == "FP16" for b in engines.values())
+    for built in engines.values():
+        g = built.engine.graph
+        gemms = [n for n in g.nodes if n.op in ("tftrt.FusedGemm", "MatMul", "Gemm")]
+        assert gemms and all(g.tensor(n.outputs[0]).dtype == "float32" for n in gemms)  # pinned by the override
+    out = conv.save(str(tmp_path / "fp16"))
+    report = json.load(open(os.path.join(out, "assets.extra", "tftrt_lite", "report.json")))
+    assert report["precision_mode"] == "FP16"

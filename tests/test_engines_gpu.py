@@ -27,20 +27,21 @@ def no_fallback(monkeypatch):
 _loaded = {}
 
 
-def _signatures(name, tmp_root):
-    if name not in _loaded:
-        out = zoo.converter(name).save(os.path.join(tmp_root, f"{name}_gpu"))
+def _signatures(name, tmp_root, precision="FP32"):
+    key = (name, precision)
+    if key not in _loaded:
+        out = zoo.converter(name, precision).save(os.path.join(tmp_root, f"{name}_{precision}_gpu"))
         original = tf.saved_model.load(zoo.saved_model(name))
         converted = tf.saved_model.load(out)
-        _loaded[name] = (original, converted)
-    original, converted = _loaded[name]
+        _loaded[key] = (original, converted)
+    original, converted = _loaded[key]
     return original.signatures["serving_default"], converted.signatures["serving_default"]
 
 
-def _assert_close(got, want, what):
+def _assert_close(got, want, what, tolerance=1e-3):
     scale = max(float(np.max(np.abs(want))), 1e-6)
     err = float(np.max(np.abs(got - want))) / scale
-    assert err <= 1e-3, f"{what}: max error {err:.2e} of output scale {scale:.3g}"
+    assert err <= tolerance, f"{what}: max error {err:.2e} of output scale {scale:.3g}"
 
 
 @pytest.mark.parametrize("name", zoo.ZOO)
@@ -55,6 +56,24 @@ def test_engine_matches_tf_gpu(name, batch, tmp_path_factory):
     assert stats["engine_calls"] >= 1 and stats["fallback_calls"] == 0, stats
     for key in want:
         _assert_close(got[key].numpy(), want[key].numpy(), f"{name} b{batch} {key}")
+
+
+@pytest.mark.parametrize("precision", ["FP16", "BF16"])
+@pytest.mark.parametrize("name", zoo.ZOO)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_reduced_precision_engine_matches_tf_fp32_gpu(name, precision, batch, tmp_path_factory):
+    """FP16/BF16 engines against TF's float32 GPU output: TF-TRT's 1e-2, relative to the
+    output's scale."""
+    original, converted = _signatures(name, str(tmp_path_factory.getbasetemp()), precision)
+    feeds = {k: tf.constant(v) for k, v in model_zoo.random_inputs(name, batch, seed=batch + 300).items()}
+    tftrt_lite.reset_stats()
+    with tf.device("/GPU:0"):
+        want, got = original(**feeds), converted(**feeds)
+    stats = tftrt_lite.stats()
+    assert stats["engine_calls"] >= 1 and stats["fallback_calls"] == 0, stats
+    for key in want:
+        assert got[key].dtype == want[key].dtype
+        _assert_close(got[key].numpy(), want[key].numpy(), f"{name} {precision} b{batch} {key}", 1e-2)
 
 
 def test_repeated_calls_with_new_buffers_each_time(tmp_path_factory):

@@ -42,11 +42,11 @@ def protected_nodes(sig):
 
 
 @functools.lru_cache(maxsize=None)
-def converter(name: str):
+def converter(name: str, precision: str = "FP32"):
     """A ``Converter`` of the zoo model after ``convert()`` (engines built, not saved)."""
     from tftrt_lite import Converter
 
-    conv = Converter(input_saved_model_dir=saved_model(name))
+    conv = Converter(input_saved_model_dir=saved_model(name), precision_mode=precision)
     conv.convert()
     return conv
 

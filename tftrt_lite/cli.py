@@ -1,7 +1,9 @@
-"""``tftrt-lite``: convert, inspect and run SavedModels from the shell.
+"""``tftrt-lite``: convert, inspect, run and compare SavedModels from the shell.
 
 ``run`` is ``saved_model_cli run`` with the op library loaded, so a converted model
-can be tried without writing Python.
+can be tried without writing Python. ``compare`` checks a converted model's outputs
+against the original's and exits 0 (match), 1 (mismatch) or 2 (bad usage), so scripts
+and CI can gate on it.
 """
 from __future__ import annotations
 
@@ -20,12 +22,24 @@ def _convert(args) -> int:
                      input_saved_model_tags=args.tags.split(",") if args.tags else None,
                      input_saved_model_signature_key=args.signature,
                      precision_mode=args.precision,
-                     minimum_segment_size=args.min_segment_size)
+                     minimum_segment_size=args.min_segment_size,
+                     precision_overrides=_parse_overrides(args.precision_override),
+                     allow_tf32=not args.no_tf32)
     conv.convert()
     out = conv.save(args.output_dir, keep_native_segments=not args.no_native_segments)
     conv.summary()
     print(f"saved: {out}")
     return 0
+
+
+def _parse_overrides(specs: List[str]) -> Dict[str, str]:
+    overrides = {}
+    for spec in specs or []:
+        pattern, sep, precision = spec.rpartition("=")
+        if not sep or not pattern or not precision:
+            raise SystemExit(f"--precision-override expects REGEX=PRECISION (e.g. 'attn.*=FP32'), got {spec!r}")
+        overrides[pattern] = precision.upper()
+    return overrides
 
 
 def _inspect(args) -> int:
@@ -79,6 +93,28 @@ def _run(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from tftrt_lite.compare import compare_saved_models
+    from tftrt_lite.errors import TftrtLiteError
+
+    try:
+        report = compare_saved_models(
+            args.original_dir, args.converted_dir, signature_key=args.signature, inputs=args.inputs,
+            seed=0 if args.seed is None else args.seed, batch_size=args.batch, atol=args.atol, rtol=args.rtol,
+            error_stat=args.check_error_stat, per_engine=args.per_engine, engine_executor=args.engine_executor)
+    except TftrtLiteError as e:
+        print(f"tftrt-lite compare: error: {e}", file=sys.stderr)
+        return 2
+    print(report.format(histograms=args.histogram))
+    if args.json:
+        try:
+            report.write_json(args.json)
+        except OSError as e:
+            print(f"tftrt-lite compare: error: cannot write --json {args.json!r}: {e}", file=sys.stderr)
+            return 2
+    return 0 if report.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tftrt-lite", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a SavedModel")
     c.add_argument("input_dir")
     c.add_argument("output_dir")
-    c.add_argument("--precision", default="FP32")
+    c.add_argument("--precision", default="FP32", help="FP32, FP16 or BF16")
+    c.add_argument("--precision-override", action="append", metavar="REGEX=PRECISION",
+                   help="keep engine nodes whose name matches REGEX in PRECISION (repeatable)")
+    c.add_argument("--no-tf32", action="store_true", help="exact FP32 math (no TF32 tensor cores)")
     c.add_argument("--min-segment-size", type=int, default=3)
     c.add_argument("--signature", default=None, help="convert only this signature (default: all)")
     c.add_argument("--tags", default=None, help="comma-separated MetaGraph tags (default: serve)")
@@ -106,6 +145,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     r.add_argument("--outdir", default=None, help="also write each output as OUTDIR/<key>.npy")
     r.set_defaults(func=_run)
+
+    from tftrt_lite.compare import ENGINE_EXECUTORS, ERROR_STATS
+
+    m = sub.add_parser("compare", help="compare a converted model's outputs with the original's on the same inputs")
+    m.add_argument("original_dir")
+    m.add_argument("converted_dir")
+    m.add_argument("--signature", default=None, help="signature key (default: serving_default)")
+    source = m.add_mutually_exclusive_group()   # --seed defaults to None so "--seed 0 --inputs f" is refused too
+    source.add_argument("--seed", type=int, default=None, help="seed of the random inputs (default 0)")
+    source.add_argument("--inputs", default=None, metavar="FILE.npz", help="inputs keyed by signature input name")
+    m.add_argument("--batch", type=int, default=None, help="size of an unknown batch dim of random inputs")
+    m.add_argument("--atol", type=float, default=1e-5)
+    m.add_argument("--rtol", type=float, default=1e-5)
+    m.add_argument("--check-error-stat", choices=ERROR_STATS, default="elemwise",
+                   help="elemwise: every element within atol + rtol*|ref|; max/mean/median: that statistic "
+                        "of the abs error <= atol or of the rel error <= rtol")
+    m.add_argument("--per-engine", action="store_true",
+                   help="also compare every engine with its native segment and name the first that diverges")
+    m.add_argument("--engine-executor", choices=ENGINE_EXECUTORS, default="auto",
+                   help="engine side of --per-engine: the op on the GPU or the plan's reference executor "
+                        "(auto: the GPU when there is one)")
+    m.add_argument("--histogram", action="store_true", help="print error histograms of passing outputs too")
+    m.add_argument("--json", default=None, metavar="OUT.json", help="also write the report as JSON")
+    m.set_defaults(func=_compare)
     return parser
 
 

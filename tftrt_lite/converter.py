@@ -27,6 +27,7 @@ import tensorflow as tf
 from tftrt_lite import report as report_lib
 from tftrt_lite.engine import build_engine
 from tftrt_lite.engine.builder import SUPPORTED_PRECISIONS
+from tftrt_lite.engine.passes.precision import compile_overrides
 from tftrt_lite.engine.plan import FORMAT_VERSION
 from tftrt_lite.errors import NotSupportedYetError, TftrtLiteError
 from tftrt_lite.load import load_saved_model
@@ -111,6 +112,11 @@ class TrtGraphConverterV2:
     shape the signature allows. ``allow_build_at_runtime`` likewise: engines never
     need a runtime rebuild. ``maximum_cached_engines`` is how many input-shape sets
     per engine get a captured CUDA graph at run time (others run uncaptured).
+
+    Beyond TF-TRT: ``precision_mode`` also takes "BF16"; ``precision_overrides``
+    (``{node-name regex: "FP32" | "FP16" | "BF16"}``) pins matching engine nodes to a
+    precision (e.g. keep a sensitive layer in FP32 in an FP16 engine); ``allow_tf32=False``
+    keeps FP32 math off TF32 tensor cores.
     """
 
     def __init__(self,
@@ -125,7 +131,9 @@ class TrtGraphConverterV2:
                  maximum_cached_engines=1,
                  use_calibration=True,
                  allow_build_at_runtime=True,
-                 conversion_params=None):
+                 conversion_params=None,
+                 precision_overrides=None,
+                 allow_tf32=True):
         if not input_saved_model_dir:
             raise ValueError("input_saved_model_dir is required")
         if conversion_params is None:
@@ -137,6 +145,11 @@ class TrtGraphConverterV2:
                 use_calibration=use_calibration,
                 allow_build_at_runtime=allow_build_at_runtime)
         self._precision = _check_params(conversion_params, use_dynamic_shape, dynamic_shape_profile_strategy)
+        compile_overrides(precision_overrides)  # a bad pattern or precision fails here, not mid-build
+        self._precision_overrides = dict(precision_overrides or {})
+        if not isinstance(allow_tf32, bool):
+            raise ValueError(f"allow_tf32 must be a bool, got {allow_tf32!r}")
+        self._allow_tf32 = allow_tf32
         self._params = conversion_params
         self._input_dir = os.fspath(input_saved_model_dir)
         self._tags = list(input_saved_model_tags or [tf.saved_model.SERVING])
@@ -178,7 +191,8 @@ class TrtGraphConverterV2:
             t1 = time.perf_counter()
             try:
                 lowered = lower_segment(sig.graph_def, segment)
-                engine = build_engine(lowered.onnx_model, precision=self._precision, name=name)
+                engine = build_engine(lowered.onnx_model, precision=self._precision, name=name,
+                                      precision_overrides=self._precision_overrides, allow_tf32=self._allow_tf32)
                 if os.environ.get("TFTRT_LITE_VERIFY") == "1":
                     from tftrt_lite.verify import verify_engine
                     verify_engine(engine, lowered)

@@ -9,7 +9,7 @@ F = "float32"
 #: id → (op, inputs, outputs, attrs, consts, fragments expected in the kernel source)
 CASES = {
     "add_bias_nhwc": ("Add", [("x", F, ("N", 7, 7, 64)), ("b", F, (64,))], [("y", F, ("N", 7, 7, 64))],
-                      {}, {}, ["float4", "i64 d0"]),
+                      {}, {}, ["tl_vec<float, 4>", "i64 d0"]),
     "mul_scalar_const": ("Mul", [("x", F, ("N", 5)), ("s", None, None)], [("y", F, ("N", 5))],
                          {}, {"s": np.float32(3.0)}, ["0x1.8000000000000p+1f"]),
     "fused_multi_output": ("tftrt.FusedElementwise", [("a", F, ("N", 3, 4)), ("b", F, (3, 1))],
@@ -41,6 +41,12 @@ CASES = {
                                              ("r", F, ("N", 6, 48))],
                         [("y", F, ("N", 6, 48)), ("s", F, ("N", 6, 48))],
                         {"epsilon": 1e-12, "axis": -1, "sum_output": 1}, {}, ["tl_sqrt", "rr[i]"]),
+    "layernorm_bert_row": ("tftrt.LayerNorm", [("x", F, ("N", 5, 768)), ("g", F, (768,)), ("bt", F, (768,))],
+                           [("y", F, ("N", 5, 768))], {"epsilon": 1e-12, "axis": -1, "sum_output": 0}, {},
+                           ["v_[24]"]),
+    "layernorm_wide_row": ("tftrt.LayerNorm", [("x", F, (3, 1100)), ("g", F, (1100,))],
+                           [("y", F, (3, 1100))], {"epsilon": 1e-5, "axis": -1, "sum_output": 0}, {},
+                           ["i += 32"]),
     "onnx_layernorm": ("LayerNormalization", [("x", F, (3, 4, 40)), ("g", F, (40,)), ("bt", F, (40,))],
                        [("y", F, (3, 4, 40))], {"axis": 2, "epsilon": 1e-5, "stash_type": 1}, {}, ["tl_sqrt"]),
     "attention_masked": ("tftrt.Attention", [("q", F, ("N", 2, 37, 16)), ("k", F, ("N", 2, 16, 45)),
@@ -48,7 +54,7 @@ CASES = {
                          [("o", F, ("N", 2, 37, 24))], {"scale": 0.25, "k_transposed": 1}, {},
                          ["__shared__ float k_s", "mb[", "__shfl_sync"]),
     "attention_plain": ("tftrt.Attention", [("q", F, (6, 33, 64)), ("k", F, (6, 70, 64)), ("v", F, (6, 70, 64))],
-                        [("o", F, (6, 33, 64))], {"scale": 0.125, "k_transposed": 0}, {}, ["run_max"]),
+                        [("o", F, (6, 33, 64))], {"scale": 0.125, "k_transposed": 0, "allow_tf32": False}, {}, ["run_max"]),
     "transpose_nchw_nhwc": ("Transpose", [("x", F, ("N", 8, 5, 6))], [("y", F, ("N", 5, 6, 8))],
                             {"perm": [0, 2, 3, 1]}, {}, ["rem_"]),
     "concat": ("Concat", [("a", F, ("N", 3, 4)), ("b", F, ("N", 5, 4))], [("y", F, ("N", 8, 4))],
@@ -82,3 +88,23 @@ CASES = {
 def graph_for(case_id):
     op, inputs, outputs, attrs, consts, _ = CASES[case_id]
     return one_node_graph(op, inputs, outputs, attrs, consts)
+
+
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def half_graph_for(case_id, dtype):
+    """The case with every float32 tensor, constant and instruction in ``dtype`` instead,
+    or None when the case has no float32 tensor (nothing to retype)."""
+    from tftrt_lite.engine.ir import saturate_cast
+
+    op, inputs, outputs, attrs, consts, _ = CASES[case_id]
+    swap = lambda specs: [(t, dtype if dt == F else dt, shape) for t, dt, shape in specs]  # noqa: E731
+    new_consts = {k: saturate_cast(v, dtype) if np.asarray(v).dtype == np.float32 else v for k, v in consts.items()}
+    new_attrs = dict(attrs)
+    if "program" in attrs:
+        new_attrs["program"] = [{**ins, "dtype": dtype if ins["dtype"] == F else ins["dtype"]}
+                                for ins in attrs["program"]]
+    if (swap(inputs), swap(outputs), new_consts) == (inputs, outputs, consts):
+        return None
+    return one_node_graph(op, swap(inputs), swap(outputs), new_attrs, new_consts)

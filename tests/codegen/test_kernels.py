@@ -10,9 +10,9 @@ from tftrt_lite.codegen import emit_activation, emit_node
 from tftrt_lite.codegen.elementwise import coalesce
 from tftrt_lite.codegen.movement import coalesce_transpose, slice_start
 from tftrt_lite.codegen.nvrtc import compile_kernel
-from tftrt_lite.errors import NotSupportedYetError, UnsupportedOpError
+from tftrt_lite.errors import UnsupportedOpError
 from ir_graphs import one_node_graph
-from kernel_cases import CASES, graph_for
+from kernel_cases import CASES, graph_for, half_graph_for
 
 F = "float32"
 
@@ -83,9 +83,6 @@ def test_errors_name_the_node():
     g = one_node_graph("Einsum", [("x", F, (2, 2))], [("y", F, (2, 2))], {"equation": "ij->ji"})
     with pytest.raises(UnsupportedOpError, match="'Einsum'.*node 'n'"):
         emit_node(g, g.nodes[0])
-    g = one_node_graph("Relu", [("x", "float16", (4,))], [("y", "float16", (4,))])
-    with pytest.raises(NotSupportedYetError, match="float16.*node 'n'"):
-        emit_node(g, g.nodes[0])
     g = one_node_graph("ReduceSum", [("x", F, (2, 3, 4)), ("ax", None, None)], [("y", F, (3,))],
                        {"keepdims": 0, "noop_with_empty_axes": 0}, {"ax": np.array([0, 2], np.int64)})
     with pytest.raises(UnsupportedOpError, match="non-adjacent axes"):
@@ -99,3 +96,15 @@ def test_views_have_no_kernel():
     g = one_node_graph("Reshape", [("x", F, (2, 3)), ("s", None, None)], [("y", F, (6,))],
                        consts={"s": np.array([6], np.int64)})
     assert emit_node(g, g.nodes[0]) == []
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_half_precision_variants_compile(case_id, dtype):
+    """Every emitter takes half storage types (loads widen to float, stores round)."""
+    g = half_graph_for(case_id, dtype)
+    if g is None:
+        pytest.skip("no float32 tensor in this case")
+    for spec in emit_node(g, g.nodes[0]):
+        assert "tl_half" in spec.source or "tl_bf16" in spec.source
+        compile_kernel(spec.source, spec.name, "sm_80")

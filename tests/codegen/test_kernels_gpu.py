@@ -11,7 +11,8 @@ from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.fused_ops import apply_activation
 from tftrt_lite.engine.reference import run_graph
 from ir_graphs import random_array
-from kernel_cases import CASES, graph_for
+from kernel_cases import CASES, HALF_DTYPES, graph_for, half_graph_for
+from tftrt_lite.engine.reference import np_dtype
 
 cupy = pytest.importorskip("cupy")
 
@@ -73,6 +74,41 @@ def test_kernel_matches_reference(case_id, tmp_path):
         _launch(spec, buffers, tmp_path)
     for o in g.outputs:
         _compare(cupy.asnumpy(buffers[o]), want[o], f"{case_id}: output {o!r}")
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_half_kernel_matches_reference(case_id, dtype, tmp_path):
+    """The half-storage variant of each case: float math inside, one rounding per store."""
+    g = half_graph_for(case_id, dtype)
+    if g is None:
+        pytest.skip("no float32 tensor in this case")
+    rng = np.random.default_rng(sorted(CASES).index(case_id))
+    feeds = {}
+    for t in g.inputs:
+        dt = g.tensors[t].dtype
+        shape = tuple(symbolic.evaluate(d, ENV) for d in g.tensors[t].shape)
+        feeds[t] = random_array(rng, "float32", shape).astype(np_dtype(dt)) if dt in HALF_DTYPES \
+            else random_array(rng, dt, shape)
+    want = run_graph(g, feeds)
+    as_gpu = lambda v: cupy.asarray(v.view(np.uint16) if v.dtype == np_dtype("bfloat16") else v)  # noqa: E731
+    buffers = {t: as_gpu(v) for t, v in feeds.items()}
+    buffers.update({t: as_gpu(tt.value) for t, tt in g.tensors.items() if tt.value is not None})
+    for o in g.outputs:
+        shape = tuple(symbolic.evaluate(d, ENV) for d in g.tensors[o].shape)
+        buffers[o] = as_gpu(np.full(shape, 77, dtype=np_dtype(g.tensors[o].dtype)))
+    for spec in emit_node(g, g.nodes[0]):
+        _launch(spec, buffers, tmp_path)
+    for o in g.outputs:
+        got = cupy.asnumpy(buffers[o])
+        want_o = want[o]
+        if want_o.dtype == np_dtype("bfloat16"):
+            got = got.view(np_dtype("bfloat16"))
+        if np.dtype(want_o.dtype).kind in "fV":
+            np.testing.assert_allclose(got.astype(np.float32), want_o.astype(np.float32), rtol=1e-2, atol=1e-2,
+                                       err_msg=f"{case_id} {dtype}: output {o!r}")
+        else:
+            np.testing.assert_array_equal(got, want_o, err_msg=f"{case_id} {dtype}: output {o!r}")
 
 
 @pytest.mark.parametrize("activation, params", [("gelu_erf", []), ("gelu_tanh", []), ("silu", []),

@@ -114,7 +114,7 @@ def test_expression_evaluation_rounds():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: b"XXXXXXX\0" + d[8:], "not a tftrt_lite plan"),
-    (lambda d: d[:8] + struct.pack("<I", FORMAT_VERSION + 1) + d[12:], "format version 2 is not supported"),
+    (lambda d: d[:8] + struct.pack("<I", FORMAT_VERSION + 1) + d[12:], f"format version {FORMAT_VERSION + 1} is not supported"),
     (lambda d: d[:-1], "header says"),
     (lambda d: d[:16] + struct.pack("<Q", len(d) + 100) + d[24:] + b"\0" * 100, "lies outside"),
 ])
@@ -236,7 +236,7 @@ def test_cpp_reader_agrees_with_python(reader, tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: d[:8] + struct.pack("<I", FORMAT_VERSION + 1) + d[12:], "format version 2 is not supported"),
+    (lambda d: d[:8] + struct.pack("<I", FORMAT_VERSION + 1) + d[12:], f"format version {FORMAT_VERSION + 1} is not supported"),
     (lambda d: b"NOTAPLAN" + d[8:], "bad magic"),
     (lambda d: d[:-3], "header says"),
 ])

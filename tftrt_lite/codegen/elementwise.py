@@ -9,9 +9,15 @@ coalesced, so a bias add over NHWC becomes ``[N*H*W, C]`` and a same-shape add o
 dim. Inputs are then *full* (offset = element index), *scalar* (offset 0) or *indexed*
 (offset from the unravelled coordinates). Constant scalar inputs are inlined as literals.
 
-Vectorisation: for float32 kernels whose innermost coalesced dim is a multiple of 4 (or
-that are one flat dim), each thread handles 4 elements with ``float4`` loads/stores when
-every vector pointer is 16-byte aligned, and falls back to scalar code at the tail.
+Vectorisation: when every input and output has the same float width (float32, or the
+2-byte half types) and the innermost coalesced dim is a multiple of the vector length (or
+the kernel is one flat dim), each thread handles 16 bytes per tensor (4 floats or 8
+halves) with ``tl_vec`` loads/stores when every vector pointer is 16-byte aligned, and
+falls back to scalar code at the tail.
+
+Half precision: values are loaded into float (``compute_type``), every instruction runs
+in float, and each output is rounded once when stored — the semantics
+``fused_ops.fused_elementwise`` gives the reference executor.
 """
 from __future__ import annotations
 
@@ -21,15 +27,13 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from tftrt_lite.codegen.kernel import (
-    FLOAT_DTYPES, Dim, KernelSpec, KernelWriter, c_literal, c_type, dim_mul, dim_prod, emitter,
-    grid_1d, shape_of, unravel)
+    FLOAT_DTYPES, Dim, KernelSpec, KernelWriter, c_literal, c_type, compute_type, dim_mul, dim_prod,
+    emitter, grid_1d, shape_of, unravel)
 from tftrt_lite.engine import ir
 from tftrt_lite.engine.fused_ops import ELEMENTWISE_OPS, check_program, instruction_attrs
 from tftrt_lite.errors import UnsupportedOpError
 
 BLOCK = 256
-VEC = 4
-_LANES = "xyzw"
 
 _UNARY_FN = {
     "Exp": "tl_exp", "Log": "tl_log", "Sqrt": "tl_sqrt", "Floor": "tl_floor", "Ceil": "tl_ceil",
@@ -43,7 +47,7 @@ _BINARY_OP = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Equal": "==", "Le
 def instruction_c(ins: Dict, args: Sequence[str]) -> str:
     """The C expression of one program instruction over already-computed operands."""
     op, dt = ins["op"], ins["dtype"]
-    ct = c_type(dt)
+    ct = compute_type(dt)
     if op == "Const":
         return c_literal(ins["value"], dt)
     if op in ("Identity", "Cast"):
@@ -53,7 +57,7 @@ def instruction_c(ins: Dict, args: Sequence[str]) -> str:
     if op in _UNARY_FN:
         return f"({ct}){_UNARY_FN[op]}({args[0]})"
     if op == "Pow":
-        return f"({ct})tl_pow({args[0]}, ({c_type(dt)}){args[1]})"
+        return f"({ct})tl_pow({args[0]}, ({ct}){args[1]})"
     if op == "Max":
         return f"tl_max<{ct}>({args[0]}, {args[1]})"
     if op == "Min":
@@ -92,7 +96,7 @@ def program_c(program: Sequence[Dict], inputs: Sequence[str], prefix: str) -> Tu
     for k, ins in enumerate(program):
         args = [inputs[int(r[2:])] if r.startswith("in") else names[int(r[1:])] for r in ins["args"]]
         name = f"{prefix}v{k}"
-        lines.append(f"const {c_type(ins['dtype'])} {name} = {instruction_c(ins, args)};")
+        lines.append(f"const {compute_type(ins['dtype'])} {name} = {instruction_c(ins, args)};")
         names.append(name)
     return lines, names
 
@@ -190,9 +194,13 @@ def emit_elementwise(graph: ir.Graph, node: ir.Node, inputs: Sequence[str], outp
     needs_coords = any(k == "indexed" for k in kind.values())
     c_dims = ["unused"] + [w.dim(d) for d in dims[1:]] if needs_coords else []
 
-    all_f32 = all(dt == "float32" for dt in list(in_dtypes.values()) + out_dtypes)
-    inner_ok = len(dims) <= 1 or (isinstance(dims[-1], int) and dims[-1] % VEC == 0)
-    vec = VEC if all_f32 and inner_ok and dims else 1
+    # Vector width: 16 bytes per access when every input and output has one float width.
+    widths = {np.dtype(np.float32).itemsize if dt == "float32" else 2 if dt in ("float16", "bfloat16") else 0
+              for dt in list(in_dtypes.values()) + out_dtypes}
+    width = widths.pop() if len(widths) == 1 else 0
+    vec = 16 // width if width else 1
+    inner_ok = len(dims) <= 1 or (isinstance(dims[-1], int) and dims[-1] % vec == 0)
+    vec = vec if inner_ok and dims else 1
 
     def scalar_body(e: str, indent: str) -> List[str]:
         lines = []
@@ -204,7 +212,7 @@ def emit_elementwise(graph: ir.Graph, node: ir.Node, inputs: Sequence[str], outp
                 vals.append(literal[j])
                 continue
             off = {"full": e, "scalar": "0", "indexed": offsets.get(j)}[kind[j]]
-            lines.append(f"{indent}const {c_type(in_dtypes[j])} a{j} = {in_ptr[j]}[{off}];")
+            lines.append(f"{indent}const {compute_type(in_dtypes[j])} a{j} = {in_ptr[j]}[{off}];")
             vals.append(f"a{j}")
         body, names = program_c(program, vals, "")
         lines += [indent + b for b in body]
@@ -222,30 +230,32 @@ def emit_elementwise(graph: ir.Graph, node: ir.Node, inputs: Sequence[str], outp
                       (kind[j] == "indexed" and present[loaded.index(j)][-1])]
         ptrs = [in_ptr[j] for j in vec_inputs] + list(out_ptr)
         aligned = " | ".join(f"reinterpret_cast<unsigned long long>({p})" for p in dict.fromkeys(ptrs))
-        lines.append(f"  if (base + {VEC} <= n && (({aligned}) & 15ULL) == 0) {{")
+        lines.append(f"  if (base + {vec} <= n && (({aligned}) & 15ULL) == 0) {{")
         if needs_coords:
             lines.append(unravel("base", c_dims, coords, "    "))
         for j in loaded:
             off = {"full": "base", "scalar": "0", "indexed": offsets.get(j)}[kind[j]]
             if j in vec_inputs:
-                lines.append(f"    const float4 x{j} = *reinterpret_cast<const float4*>({in_ptr[j]} + {off});")
+                vt = f"tl_vec<{c_type(in_dtypes[j])}, {vec}>"
+                lines.append(f"    const {vt} x{j} = *reinterpret_cast<const {vt}*>({in_ptr[j]} + {off});")
             else:
-                lines.append(f"    const float x{j} = {in_ptr[j]}[{off}];")
+                lines.append(f"    const {compute_type(in_dtypes[j])} x{j} = {in_ptr[j]}[{off}];")
         for k in range(len(outputs)):
-            lines.append(f"    float4 o{k};")
-        for lane in range(VEC):
+            lines.append(f"    tl_vec<{c_type(out_dtypes[k])}, {vec}> o{k};")
+        for lane in range(vec):
             vals = [literal[j] if j in literal else
-                    (f"x{j}.{_LANES[lane]}" if j in vec_inputs else f"x{j}") for j in range(len(inputs))]
+                    (f"(({compute_type(in_dtypes[j])})x{j}.v[{lane}])" if j in vec_inputs else f"x{j}")
+                    for j in range(len(inputs))]
             body, names = program_c(program, vals, f"l{lane}_")
             lines.append("    {")
             lines += ["      " + b for b in body]
             for k, ref in enumerate(out_refs):
-                lines.append(f"      o{k}.{_LANES[lane]} = {_resolve(ref, vals, names)};")
+                lines.append(f"      o{k}.v[{lane}] = {_resolve(ref, vals, names)};")
             lines.append("    }")
-        for k, ptr in enumerate(out_ptr):
-            lines.append(f"    *reinterpret_cast<float4*>({ptr} + base) = o{k};")
+        for k, (ptr, dt) in enumerate(zip(out_ptr, out_dtypes)):
+            lines.append(f"    *reinterpret_cast<tl_vec<{c_type(dt)}, {vec}>*>({ptr} + base) = o{k};")
         lines.append("  } else {")
-        lines.append(f"    for (i64 e = base; e < n && e < base + {VEC}; ++e) {{")
+        lines.append(f"    for (i64 e = base; e < n && e < base + {vec}; ++e) {{")
         lines += scalar_body("e", "      ")
         lines.append("    }")
         lines.append("  }")

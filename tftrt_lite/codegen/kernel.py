@@ -20,7 +20,7 @@ import numpy as np
 
 from tftrt_lite.engine import ir, symbolic
 from tftrt_lite.engine.passes import graph_edit
-from tftrt_lite.errors import NotSupportedYetError, UnsupportedOpError
+from tftrt_lite.errors import UnsupportedOpError
 
 Dim = ir.Dim
 
@@ -28,13 +28,31 @@ C_TYPES: Dict[str, str] = {
     "float32": "float", "float64": "double",
     "int8": "signed char", "uint8": "unsigned char", "int16": "short", "uint16": "unsigned short",
     "int32": "int", "uint32": "unsigned int", "int64": "long long", "uint64": "unsigned long long",
-    "bool": "bool",
+    "bool": "bool", "float16": "tl_half", "bfloat16": "tl_bf16",
 }
+#: The type generated code computes in: half types are loaded, widened to float, and
+#: rounded once when stored (what tensor-core kernels and cuBLASLt/cuDNN epilogues do).
+COMPUTE_TYPES: Dict[str, str] = {"float16": "float", "bfloat16": "float"}
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 #: Code every kernel starts with. NVRTC runs without the toolkit headers, so the few
 #: helpers generated code needs are defined here; NaN propagation of max/min follows NumPy.
+#: ``tl_half``/``tl_bf16`` are 2-byte storage types that convert to and from float with
+#: one PTX instruction (round to nearest even), so every expression on them is float math.
 PREAMBLE = r"""typedef long long i64;
+struct __align__(2) tl_half {
+  unsigned short bits;
+  tl_half() = default;
+  __device__ __forceinline__ tl_half(float f) { asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(f)); }
+  __device__ __forceinline__ operator float() const { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits)); return f; }
+};
+struct __align__(2) tl_bf16 {
+  unsigned short bits;
+  tl_bf16() = default;
+  __device__ __forceinline__ tl_bf16(float f) { asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bits) : "f"(f)); }
+  __device__ __forceinline__ operator float() const { return __int_as_float(((unsigned int)bits) << 16); }
+};
+template <typename T, int N> struct __align__(sizeof(T) * N) tl_vec { T v[N]; };
 template <typename T> __device__ __forceinline__ T tl_max(T a, T b) { return (a != a || a > b) ? a : b; }
 template <typename T> __device__ __forceinline__ T tl_min(T a, T b) { return (a != a || a < b) ? a : b; }
 template <typename T> __device__ __forceinline__ T tl_abs(T a) { return a < T(0) ? -a : a; }
@@ -83,18 +101,21 @@ __device__ __forceinline__ float tl_warp_max(float v) {
 
 
 def c_type(dtype: str, node: Optional[ir.Node] = None) -> str:
-    """The CUDA C type of an IR dtype; half types are not generated in this release."""
+    """The CUDA C storage type of an IR dtype (pointer element type)."""
     if dtype in C_TYPES:
         return C_TYPES[dtype]
     where = f" (node {node.name!r}, {node.op})" if node is not None else ""
-    if dtype in ("float16", "bfloat16"):
-        raise NotSupportedYetError(f"kernels for {dtype} tensors are not generated yet{where}; use FP32")
     raise UnsupportedOpError(f"no CUDA type for dtype {dtype!r}{where}")
+
+
+def compute_type(dtype: str, node: Optional[ir.Node] = None) -> str:
+    """The CUDA C type values of ``dtype`` are computed in (float for half types)."""
+    return COMPUTE_TYPES.get(dtype) or c_type(dtype, node)
 
 
 def c_literal(value: Union[int, float, bool], dtype: str) -> str:
     """A C literal of ``dtype`` for ``value`` (handles inf/nan for floats)."""
-    ct = c_type(dtype)
+    ct = compute_type(dtype)
     if dtype == "bool":
         return "true" if value else "false"
     if dtype in FLOAT_DTYPES:
@@ -105,6 +126,8 @@ def c_literal(value: Union[int, float, bool], dtype: str) -> str:
             return f"{ct}({'-' if v < 0 else ''}tl_inf())"
         if dtype == "float32":  # round as NumPy does when the reference makes the constant
             return float.hex(float(np.float32(v))) + "f"
+        if dtype in COMPUTE_TYPES:  # a half constant: its rounded (clamped) value, as a float
+            return float.hex(float(np.float32(ir.saturate_cast(v, dtype)))) + "f"
         return f"{ct}({float.hex(v)})"
     if int(value) == -2 ** 63:  # the literal 9223372036854775808LL itself would overflow
         return f"{ct}(-9223372036854775807LL - 1)"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 from tftrt_lite.codegen.kernel import (
-    Dim, KernelSpec, KernelWriter, c_literal, c_type, const_ints, contiguous_strides, dim_add,
+    Dim, KernelSpec, KernelWriter, c_literal, c_type, compute_type, const_ints, contiguous_strides, dim_add,
     dim_prod, emitter, grid_1d, normalize_axis, shape_of, unravel)
 from tftrt_lite.engine import ir
 from tftrt_lite.errors import UnsupportedOpError
@@ -210,7 +210,11 @@ def _emit_pad(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
             raise UnsupportedOpError(f"node {node.name!r} (Pad): mode {mode!r} is not generated")
         coords.append(f"i{i}")
     load = f"{src}[{_offset(w, coords, in_shape)}]"
-    lines.append(f"{dst}[e] = ({' && '.join(inside)}) ? {load} : {fill};" if inside else f"{dst}[e] = {load};")
+    if inside:  # both branches in the compute type: a half load and a float literal do not mix
+        ct = compute_type(dt, node)
+        lines.append(f"{dst}[e] = ({' && '.join(inside)}) ? ({ct}){load} : ({ct}){fill};")
+    else:
+        lines.append(f"{dst}[e] = {load};")
     body, grid = _per_element(w, out_shape, lines)
     return [w.finish(body, grid, (BLOCK, 1, 1))]
 

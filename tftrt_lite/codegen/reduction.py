@@ -24,6 +24,11 @@ from tftrt_lite.errors import UnsupportedOpError
 
 BLOCK = 256
 WARPS = BLOCK // 32
+#: Layer norm keeps a row in registers when it has at most this many values per lane
+#: (32 x 32 = 1024 columns), and uses small blocks so a few hundred rows (BERT at batch 1:
+#: 128) still spread over every SM.
+MAX_ROW_REGISTERS = 32
+LN_WARPS = 2
 
 # op → (init, combine(acc, v), map(x) applied before combining, finalize(acc, R))
 _REDUCERS = {
@@ -183,29 +188,52 @@ def emit_layer_norm(graph: ir.Graph, node: ir.Node, x: str, scale: str, bias: Op
     pinv = w.buffer(inv_std_out, graph.tensor(inv_std_out).dtype, writable=True) if inv_std_out else None
     rows, D = w.dim(rows_d), w.dim(cols_d)
     load = f"({at})(({t})(xr[i] + rr[i]))" if pres else f"({at})xr[i]"
-    lines = [f"  const i64 row = (i64)blockIdx.x * {WARPS} + (threadIdx.x >> 5);",
+    per_lane = -(-cols_d // 32) if isinstance(cols_d, int) else 0
+    cached = 0 < per_lane <= MAX_ROW_REGISTERS
+    warps = LN_WARPS if cached else WARPS
+    lines = [f"  const i64 row = (i64)blockIdx.x * {warps} + (threadIdx.x >> 5);",
              "  const int lane = threadIdx.x & 31;",
              f"  if (row >= {rows}) return;",
              f"  const {t}* xr = {px} + row * {D};"]
     if pres:
         lines.append(f"  const {t}* rr = {pres} + row * {D};")
-    lines += [f"  {at} s = 0;",
-              f"  for (i64 i = lane; i < {D}; i += 32) {{ const {at} v = {load}; s += v;"
-              + (f" {psum}[row * {D} + i] = ({t})v;" if psum else "") + " }",
-              f"  const {at} mean = tl_warp_sum(s) / ({at}){D};",
-              f"  {at} q = 0;",
-              f"  for (i64 i = lane; i < {D}; i += 32) {{ const {at} d = {load} - mean; q += d * d; }}",
-              f"  const {at} sd = tl_sqrt(tl_warp_sum(q) / ({at}){D} + ({at}){c_literal(epsilon, 'float32')});",
-              f"  for (i64 i = lane; i < {D}; i += 32) {{",
-              f"    {at} v = ({load} - mean) / sd * ({at}){pscale}[i];"]
+    store_sum = f" {psum}[row * {D} + i] = ({t})v;" if psum else ""
+    if cached:
+        # The row lives in registers: every load is issued before the first reduction, so
+        # one memory latency per row instead of one per pass and per 32 elements.
+        full = cols_d % 32 == 0
+        guard = "" if full else f"if (i < {D}) "
+        lines += [f"  {at} v_[{per_lane}];",
+                  f"  {at} s = 0;",
+                  f"#pragma unroll",
+                  f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; "
+                  f"v_[k] = 0; {guard}{{ const {at} v = {load}; v_[k] = v; s += v;{store_sum} }} }}",
+                  f"  const {at} mean = tl_warp_sum(s) / ({at}){D};",
+                  f"  {at} q = 0;",
+                  f"#pragma unroll",
+                  f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; "
+                  f"{guard}{{ const {at} d = v_[k] - mean; q += d * d; }} }}",
+                  f"  const {at} sd = tl_sqrt(tl_warp_sum(q) / ({at}){D} + ({at}){c_literal(epsilon, 'float32')});",
+                  f"#pragma unroll",
+                  f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; {guard}{{",
+                  f"    {at} v = (v_[k] - mean) / sd * ({at}){pscale}[i];"]
+    else:
+        lines += [f"  {at} s = 0;",
+                  f"  for (i64 i = lane; i < {D}; i += 32) {{ const {at} v = {load}; s += v;{store_sum} }}",
+                  f"  const {at} mean = tl_warp_sum(s) / ({at}){D};",
+                  f"  {at} q = 0;",
+                  f"  for (i64 i = lane; i < {D}; i += 32) {{ const {at} d = {load} - mean; q += d * d; }}",
+                  f"  const {at} sd = tl_sqrt(tl_warp_sum(q) / ({at}){D} + ({at}){c_literal(epsilon, 'float32')});",
+                  f"  for (i64 i = lane; i < {D}; i += 32) {{",
+                  f"    {at} v = ({load} - mean) / sd * ({at}){pscale}[i];"]
     if pbias:
         lines.append(f"    v += ({at}){pbias}[i];")
-    lines += [f"    {py}[row * {D} + i] = ({t})v;", "  }"]
+    lines += [f"    {py}[row * {D} + i] = ({t})v;", "  }" + ("}" if cached else "")]
     if pmean:
         lines.append(f"  if (lane == 0) {pmean}[row] = mean;")
     if pinv:
         lines.append(f"  if (lane == 0) {pinv}[row] = {at}(1) / sd;")
-    return w.finish("\n".join(lines), grid_1d(rows_d, WARPS), (BLOCK, 1, 1))
+    return w.finish("\n".join(lines), grid_1d(rows_d, warps), (32 * warps, 1, 1))
 
 
 @emitter("tftrt.LayerNorm")

@@ -25,13 +25,13 @@ from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import ir, symbolic
 from tftrt_lite.engine.plan import (
     NONE_INDEX, Activation, ArgKind, BufferDesc, ConvStep, FilterLayout, GemmStep, KernelArg, KernelEntry,
-    KernelImage, LaunchStep, Layout, Plan, PlanExpr, Step, Storage, SymbolBinding, WeightPacker,
+    KernelImage, LaunchStep, Layout, MathMode, Plan, PlanExpr, Step, Storage, SymbolBinding, WeightPacker,
     deserialize_plan, graph_from_json, graph_to_json, serialize_plan)
 from tftrt_lite.errors import ConversionError, NotSupportedYetError, UnsupportedOpError
 
 BUILDER_VERSION = 1
 DEFAULT_TARGET_ARCHS = ("sm_80", "sm_90")
-SUPPORTED_PRECISIONS = ("FP32",)
+SUPPORTED_PRECISIONS = ("FP32", "FP16", "BF16")
 
 #: fused-op activation → the plan's epilogue code, for activations cuDNN/cuBLASLt apply
 #: themselves; any other activation runs as an in-place kernel after the library call.
@@ -95,13 +95,18 @@ class Engine:
 
 # --------------------------------------------------------------------------- entry point
 def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
-                 target_arch: Union[None, str, Sequence[str]] = None, name: Optional[str] = None) -> Engine:
+                 target_arch: Union[None, str, Sequence[str]] = None, name: Optional[str] = None,
+                 precision_overrides: Optional[Dict[str, str]] = None, allow_tf32: bool = True) -> Engine:
     """Build an :class:`Engine` from an ONNX ``ModelProto`` or a path to one.
 
+    ``precision``: "FP32", "FP16" or "BF16" (see ``passes/precision.py``);
+    ``precision_overrides``: ``{node-name regex: "FP32" | "FP16" | "BF16"}`` per node;
+    ``allow_tf32``: float32 GEMMs, convolutions and attention may use TF32 tensor cores, as
+    TensorFlow does by default.
     ``target_arch``: an ``"sm_XX"`` or a sequence of them (default sm_80 and sm_90); the
     plan carries a cubin per arch and the PTX of the oldest for newer GPUs.
-    Raises ``NotSupportedYetError`` for precisions other than FP32 and
-    ``UnsupportedOpError`` (naming op and node) for ops the engine cannot run.
+    Raises ``NotSupportedYetError`` for other precisions and ``UnsupportedOpError``
+    (naming op and node) for ops the engine cannot run.
     """
     if precision not in SUPPORTED_PRECISIONS:
         raise NotSupportedYetError(f"precision {precision!r} is not supported by the engine builder yet "
@@ -117,8 +122,10 @@ def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
         model = onnx.load(os.fspath(model))
     graph = import_onnx(model)
     name = name or graph.name
-    graph, report = run_pipeline(graph, precision=precision)
-    return _PlanBuilder(graph, report.memory_plan, name, precision, archs).build()
+    graph, report = run_pipeline(graph, precision=precision, precision_overrides=precision_overrides,
+                                 allow_tf32=allow_tf32)
+    math = MathMode.TF32 if allow_tf32 else MathMode.EXACT
+    return _PlanBuilder(graph, report.memory_plan, name, precision, archs, math).build()
 
 
 def _target_archs(target_arch: Union[None, str, Sequence[str]]) -> Tuple[str, ...]:
@@ -164,7 +171,8 @@ class _Gemm:
 
 
 class _PlanBuilder:
-    def __init__(self, graph: ir.Graph, memory_plan, name: str, precision: str, archs: Tuple[str, ...]) -> None:
+    def __init__(self, graph: ir.Graph, memory_plan, name: str, precision: str, archs: Tuple[str, ...],
+                 math: int) -> None:
         if memory_plan is None:
             raise ConversionError(f"engine {name!r}: the pass pipeline produced no memory plan")
         self.graph = graph
@@ -172,6 +180,7 @@ class _PlanBuilder:
         self.name = name
         self.precision = precision
         self.archs = archs
+        self.math = math
         self.symbols = bind_symbols(graph)
         self.sym_index = {s.name: i for i, s in enumerate(self.symbols)}
         # codegen may add tensors (separate output buffers); the engine keeps `graph` untouched
@@ -316,7 +325,7 @@ class _PlanBuilder:
             groups=int(node.attrs.get("group", 1)),
             bias=self.buffer(bias) if bias else NONE_INDEX,
             residual=self.buffer(residual) if residual else NONE_INDEX,
-            dtype=g.tensor(y).dtype, compute="float32", activation=act, act_p0=p0, act_p1=p1)
+            dtype=g.tensor(y).dtype, compute="float32", math=self.math, activation=act, act_p0=p0, act_p1=p1)
         self.steps.append(step)
         if left:
             self._launch(emit_activation(g, node, y, left, node.attrs["activation_params"]))
@@ -381,7 +390,7 @@ class _PlanBuilder:
                                      geo.stride_a, geo.stride_b, symbolic.mul(geo.m, geo.n))),
             trans_a=trans_a, trans_b=trans_b,
             bias=self.buffer(bias) if bias else NONE_INDEX, c=self.buffer(c) if c else NONE_INDEX,
-            dtype=g.tensor(y).dtype, compute="float32", activation=act, act_p0=p0, act_p1=p1,
+            dtype=g.tensor(y).dtype, compute="float32", math=self.math, activation=act, act_p0=p0, act_p1=p1,
             alpha=alpha, beta=beta)
         self.steps.append(step)
         if left:
@@ -423,6 +432,7 @@ class _PlanBuilder:
         }
         meta = {
             "name": self.name, "precision": self.precision, "target_archs": list(self.archs),
+            "allow_tf32": self.math == MathMode.TF32,
             "builder_version": BUILDER_VERSION,
             "inputs": [_tensor_meta(g, t) for t in g.inputs],
             "outputs": [_tensor_meta(g, t) for t in g.outputs],

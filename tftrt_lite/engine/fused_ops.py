@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from tftrt_lite.engine.ir import saturate_cast
 from tftrt_lite.engine.reference import erf as _erf, np_dtype, reference_op
 
 # -- activations ------------------------------------------------------------------------
@@ -115,8 +116,8 @@ def fused_conv(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.n
         y = y + b.astype(np.float64)
     if z is not None:
         y = y + z.astype(np.float64)
-    y = y.astype(x.dtype)
-    return [apply_activation(y, attrs["activation"], attrs["activation_params"])]
+    # activation on the float accumulator, one rounding to the output dtype (the GPU epilogue)
+    return [apply_activation(y, attrs["activation"], attrs["activation_params"]).astype(x.dtype)]
 
 
 # -- tftrt.Pool ------------------------------------------------------------------------
@@ -192,8 +193,7 @@ def fused_gemm(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.n
     y = np.matmul(a64.astype(np.float64), b64.astype(np.float64)) * attrs["alpha"]
     if bias is not None:
         y = y + bias.astype(np.float64)
-    y = y.astype(a.dtype)
-    return [apply_activation(y, attrs["activation"], attrs["activation_params"])]
+    return [apply_activation(y, attrs["activation"], attrs["activation_params"]).astype(a.dtype)]
 
 
 # -- tftrt.FusedElementwise -------------------------------------------------------------
@@ -310,17 +310,41 @@ def fused_elementwise(inputs: Sequence[np.ndarray], attrs: Dict) -> List[np.ndar
              ``outputs``: list of refs, one per node output, in order.
     A code generator emits, per output element: one load per input (broadcast index),
     one C expression per instruction, one store per output.
+    Half precision: float16/bfloat16 values (inputs and instructions) are computed in
+    float32 and rounded to their dtype only where an output is stored; a half ``Const``
+    is its value rounded (and clamped, see ``ir.saturate_cast``) to that dtype.
     """
     program, outputs = attrs["program"], attrs["outputs"]
     check_program(program, len(inputs), outputs)
     shape = np.broadcast_shapes(*[np.shape(x) for x in inputs]) if inputs else ()
-    values: Dict[str, np.ndarray] = {f"in{j}": np.asarray(x) for j, x in enumerate(inputs)}
+    values: Dict[str, np.ndarray] = {f"in{j}": _widen(np.asarray(x)) for j, x in enumerate(inputs)}
     for k, ins in enumerate(program):
         fn = ELEMENTWISE_OPS[ins["op"]][1]
         args = [values[r] for r in ins["args"]]
+        dtype = np_dtype(ins["dtype"])
         with np.errstate(all="ignore"):  # inf/nan propagate exactly as on the GPU
-            values[f"v{k}"] = np.asarray(fn(args, ins)).astype(np_dtype(ins["dtype"]), copy=False)
-    return [np.broadcast_to(values[r], shape).copy() for r in outputs]  # copy keeps 0-d outputs 0-d
+            if ins["op"] == "Const" and dtype in _HALF:  # the immediate is the (clamped) half value
+                value = saturate_cast(ins["value"], ins["dtype"])
+            else:
+                value = np.asarray(fn(args, ins))
+            values[f"v{k}"] = _widen(value.astype(dtype, copy=False))
+    result = []
+    for r in outputs:
+        dtype = _ref_dtype(r, program, inputs)
+        result.append(np.broadcast_to(values[r].astype(dtype, copy=False), shape).copy())  # copy: 0-d stays 0-d
+    return result
+
+
+_HALF = (np.dtype(np.float16), np_dtype("bfloat16"))
+
+
+def _widen(x: np.ndarray) -> np.ndarray:
+    """Half values as float32: a generated kernel computes in float and rounds when it stores."""
+    return x.astype(np.float32) if x.dtype in _HALF else x
+
+
+def _ref_dtype(ref: str, program: Sequence[Dict], inputs: Sequence[np.ndarray]) -> np.dtype:
+    return np_dtype(program[int(ref[1:])]["dtype"]) if ref.startswith("v") else np.asarray(inputs[int(ref[2:])]).dtype
 
 
 # -- tftrt.LayerNorm --------------------------------------------------------------------

@@ -252,3 +252,22 @@ def dtype_name(dt: Any) -> str:
     """Normalise a NumPy dtype (or name) to the IR's dtype name."""
     return _dtype_name(np.dtype(dt))
 
+
+def saturate_cast(value: Any, dtype: str) -> np.ndarray:
+    """``value`` as float ``dtype`` with finite values clamped to the type's finite range.
+
+    Why not a plain cast: a float32 weight or immediate beyond float16's ±65504 (a -1e9
+    attention mask, say) would become an infinity and turn sums into NaN; TensorRT clamps
+    such values too. Infinities and NaNs stay what they are.
+    """
+    import ml_dtypes
+
+    v = np.asarray(value, np.float32)
+    if dtype == "float32":
+        return v
+    target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    limit = np.float32(float(ml_dtypes.finfo(target).max))
+    with np.errstate(invalid="ignore"):
+        v = np.where(np.isfinite(v), np.clip(v, -limit, limit), v)
+    return v.astype(target)
+

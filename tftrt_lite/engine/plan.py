@@ -41,7 +41,7 @@ import numpy as np
 from tftrt_lite.engine import ir
 
 MAGIC = b"TFTRTLP\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHT_ALIGNMENT = 256
 _SECTION_ALIGNMENT = 8
 _HEADER = struct.Struct("<8sIIQ")
@@ -100,6 +100,13 @@ class Activation:
     TANH = 5
     CLIP = 6         # min(max(x, p0), p1)
     LEAKY_RELU = 7   # x < 0 ? p0 * x : x
+
+
+class MathMode:
+    """How a float32 library step may compute: exactly, or on TF32 tensor cores (as
+    TensorFlow does by default). Half-precision steps always use tensor cores."""
+    EXACT = 0
+    TF32 = 1
 
 
 class Layout:
@@ -233,6 +240,7 @@ class GemmStep:
     c: int = NONE_INDEX
     dtype: str = "float32"
     compute: str = "float32"
+    math: int = MathMode.TF32
     activation: int = Activation.NONE
     act_p0: float = 0.0
     act_p1: float = 0.0
@@ -267,6 +275,7 @@ class ConvStep:
     residual: int = NONE_INDEX
     dtype: str = "float32"
     compute: str = "float32"
+    math: int = MathMode.TF32
     activation: int = Activation.NONE
     act_p0: float = 0.0
     act_p1: float = 0.0
@@ -340,6 +349,7 @@ class _ExprTable:
 def _write_act(w: _Writer, step: Union[GemmStep, ConvStep]) -> None:
     w.u32(DTYPE_CODES[step.dtype])
     w.u32(DTYPE_CODES[step.compute])
+    w.u32(step.math)
     w.u32(step.activation)
     w.f32(step.act_p0)
     w.f32(step.act_p1)
@@ -544,7 +554,7 @@ def read_sections(data: bytes) -> Dict[int, memoryview]:
 
 
 def _read_act(r: _Reader) -> Dict[str, Any]:
-    return dict(dtype=_DTYPE_NAMES[r.u32()], compute=_DTYPE_NAMES[r.u32()], activation=r.u32(),
+    return dict(dtype=_DTYPE_NAMES[r.u32()], compute=_DTYPE_NAMES[r.u32()], math=r.u32(), activation=r.u32(),
                 act_p0=r.f32(), act_p1=r.f32(), alpha=r.f32(), beta=r.f32())
 
 

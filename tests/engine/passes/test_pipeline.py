@@ -25,15 +25,18 @@ def _small_cnn(b):
 
 def test_report_records_every_pass_and_plan(builder):
     g = _small_cnn(builder)
-    out, report = run_pipeline(g, precision="FP16")
+    out, report = run_pipeline(g, precision="FP32")
     assert [s.name for s in report.stats] == [name for name, _ in PIPELINE]
     assert out.summary() == {"tftrt.FusedConv": 1}
     assert g.summary()["Conv"] == 1  # the input graph is not modified
     layout = next(s for s in report.stats if s.name == "layout")
     assert layout.delta["tftrt.FusedConv"] == 1 and layout.seconds >= 0
-    assert report.precision == "FP16" and "layout" in report.format()
+    assert report.precision == "FP32" and "layout" in report.format()
     assert report.memory_plan is not None and report.memory_plan.placements == {}  # x → conv → y
     assert_same_numerics(g, out, bind={"N": 2})
+    half, _ = run_pipeline(g, precision="FP16")  # the conv in fp16, casts fused at both borders
+    assert half.summary() == {"tftrt.FusedElementwise": 2, "tftrt.FusedConv": 1}
+    assert_same_numerics(g, half, bind={"N": 2}, rtol=1e-2, atol=1e-2)
 
 
 def test_a_pass_that_breaks_the_graph_is_named(builder):

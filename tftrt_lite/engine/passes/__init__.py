@@ -28,9 +28,10 @@ from tftrt_lite.engine.passes import (
     layernorm_fusion,
     layout,
     memory_plan,
+    precision,
 )
 
-PRECISIONS = ("FP32", "FP16", "BF16", "INT8")
+PRECISIONS = ("FP32", "FP16", "BF16")
 
 
 @dataclass
@@ -38,13 +39,17 @@ class PassContext:
     """What passes may read besides the graph; ``memory_plan`` is written by the last pass."""
 
     precision: str = "FP32"
+    precision_overrides: Optional[Dict[str, str]] = None
+    allow_tf32: bool = True
     memory_plan: Optional["memory_plan.MemoryPlan"] = None
 
 
 #: (name, run) in execution order. Cleanup and BN folding run again after layout: the layout
 #: rewrite exposes per-channel Mul/Add and transpose pairs that were hidden behind
 #: Transposes before it. Cleanup runs once more after the gemm fusion, which moves
-#: Reshapes behind its epilogue where they meet (and cancel) the next gemm's.
+#: Reshapes behind its epilogue where they meet (and cancel) the next gemm's. Precision
+#: runs after the library-call fusions (so it types fused convs/GEMMs as a whole) and before
+#: elementwise fusion (so the casts it adds at the engine's borders join kernels).
 PIPELINE: List[Tuple[str, Callable[[Graph, PassContext], None]]] = [
     ("constant_folding", constant_folding.run),
     ("cleanup", cleanup.run),
@@ -57,6 +62,7 @@ PIPELINE: List[Tuple[str, Callable[[Graph, PassContext], None]]] = [
     ("conv_fusion", conv_fusion.run),
     ("gemm_fusion", gemm_fusion.run),
     ("cleanup_after_fusion", cleanup.run),
+    ("precision", precision.run),
     ("elementwise_fusion", elementwise_fusion.run),
     ("memory_plan", memory_plan.run),
 ]
@@ -96,6 +102,7 @@ class PassReport:
 
 
 def run_pipeline(graph: Graph, *, precision: str = "FP32",
+                 precision_overrides: Optional[Dict[str, str]] = None, allow_tf32: bool = True,
                  pipeline: Optional[List[Tuple[str, Callable]]] = None) -> Tuple[Graph, PassReport]:
     """Run ``pipeline`` (default :data:`PIPELINE`) on a copy of ``graph``.
 
@@ -106,7 +113,7 @@ def run_pipeline(graph: Graph, *, precision: str = "FP32",
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
     graph = graph.copy()
     graph.verify()
-    ctx = PassContext(precision=precision)
+    ctx = PassContext(precision=precision, precision_overrides=precision_overrides, allow_tf32=allow_tf32)
     report = PassReport(precision=precision)
     for name, fn in (PIPELINE if pipeline is None else pipeline):
         before = graph.summary()

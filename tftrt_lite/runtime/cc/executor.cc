@@ -163,6 +163,15 @@ bool Tf32Allowed() {
   return allowed;
 }
 
+// Library data types of a plan float dtype (the step validation admits only these three).
+cudaDataType_t LtType(uint32_t dtype) {
+  return dtype == plan::kFloat16 ? CUDA_R_16F : dtype == plan::kBFloat16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+cudnnDataType_t DnnType(uint32_t dtype) {
+  return dtype == plan::kFloat16 ? CUDNN_DATA_HALF : dtype == plan::kBFloat16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+}
+
 bool CudaGraphsEnabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("TFTRT_LITE_CUDA_GRAPHS");
@@ -276,7 +285,15 @@ Status Executor::Validate() {
   for (size_t i = 0; i < p.steps.size(); ++i) {
     const plan::Step& s = p.steps[i];
     const std::string label = StepLabel(p, i);
-    auto is_f32 = [&](uint32_t buffer) { return buffer == plan::kNoBuffer || p.buffers[buffer].dtype == plan::kFloat32; };
+    // A library step's buffers share one float dtype (float32, float16 or bfloat16) and
+    // compute in float32; the plan builder guarantees it, a hand-made plan is refused.
+    auto same_float = [&](uint32_t dtype, std::initializer_list<uint32_t> buffers) {
+      if (dtype != plan::kFloat32 && dtype != plan::kFloat16 && dtype != plan::kBFloat16) return false;
+      for (uint32_t b : buffers) {
+        if (b != plan::kNoBuffer && p.buffers[b].dtype != dtype) return false;
+      }
+      return true;
+    };
     if (s.kind == plan::kLaunch) {
       const uint64_t threads = uint64_t(s.launch.block[0]) * s.launch.block[1] * s.launch.block[2];
       if (threads == 0 || threads > 1024) {
@@ -284,9 +301,8 @@ Status Executor::Validate() {
       }
     } else if (s.kind == plan::kGemm) {
       const plan::GemmStep& g = s.gemm;
-      if (g.epilogue.dtype != plan::kFloat32 || g.epilogue.compute != plan::kFloat32 ||
-          !is_f32(g.a) || !is_f32(g.b) || !is_f32(g.d) || !is_f32(g.bias) || !is_f32(g.c)) {
-        return invalid(label + ": only float32 GEMMs are executed by this runtime");
+      if (g.epilogue.compute != plan::kFloat32 || !same_float(g.epilogue.dtype, {g.a, g.b, g.d, g.bias, g.c})) {
+        return invalid(label + ": a GEMM's buffers must share one of float32/float16/bfloat16, computing in float32");
       }
       const uint32_t act = g.epilogue.activation;
       if (act != plan::kActNone && act != plan::kActRelu && act != plan::kActGeluTanh) {
@@ -299,9 +315,9 @@ Status Executor::Validate() {
       if (c.layout > plan::kNHWC || c.filter_layout > plan::kKRSC) {
         return invalid(label + ": unknown layout " + std::to_string(c.layout) + "/" + std::to_string(c.filter_layout));
       }
-      if (c.epilogue.dtype != plan::kFloat32 || c.epilogue.compute != plan::kFloat32 || !is_f32(c.x) ||
-          !is_f32(c.w) || !is_f32(c.y) || !is_f32(c.bias) || !is_f32(c.residual)) {
-        return invalid(label + ": only float32 convolutions are executed by this runtime");
+      if (c.epilogue.compute != plan::kFloat32 || !same_float(c.epilogue.dtype, {c.x, c.w, c.y, c.bias, c.residual})) {
+        return invalid(label + ": a convolution's buffers must share one of float32/float16/bfloat16, computing in "
+                       "float32");
       }
       if (c.groups == 0 || c.strides[0] == 0 || c.strides[1] == 0 || c.dilations[0] == 0 || c.dilations[1] == 0) {
         return invalid(label + ": groups, strides and dilations must be positive");
@@ -459,7 +475,11 @@ Status MakeGemmEntry(const Executor::DeviceState& st, const plan::Plan& p, size_
     if (!st_.ok()) return st_;          \
   } while (0)
 
-  const cublasComputeType_t compute = Tf32Allowed() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  // float32 steps may round inputs to TF32 (the plan's math mode, and TFTRT_LITE_ALLOW_TF32);
+  // half steps run on tensor cores with float32 accumulation and float32 alpha/beta.
+  const cudaDataType_t type = LtType(g.epilogue.dtype);
+  const bool tf32 = g.epilogue.dtype == plan::kFloat32 && g.epilogue.math == plan::kMathTF32 && Tf32Allowed();
+  const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   TFTRT_LITE_LT(lt.MatmulDescCreate(&e->desc, compute, CUDA_R_32F), "cublasLtMatmulDescCreate");
   // Row-major D = op(A) op(B) is column-major D^T = op(B)^T op(A)^T: cuBLASLt's A is
   // our B and its B is our A, each transposed exactly when ours is.
@@ -478,9 +498,9 @@ Status MakeGemmEntry(const Executor::DeviceState& st, const plan::Plan& p, size_
 
   const uint64_t x_rows = g.trans_b ? k : n, x_cols = g.trans_b ? n : k;
   const uint64_t y_rows = g.trans_a ? m : k, y_cols = g.trans_a ? k : m;
-  TFTRT_LITE_LT(lt.MatrixLayoutCreate(&e->a, CUDA_R_32F, x_rows, x_cols, ev[g.ldb]), "layout of B");
-  TFTRT_LITE_LT(lt.MatrixLayoutCreate(&e->b, CUDA_R_32F, y_rows, y_cols, ev[g.lda]), "layout of A");
-  TFTRT_LITE_LT(lt.MatrixLayoutCreate(&e->d, CUDA_R_32F, n, m, ev[g.ldd]), "layout of D");
+  TFTRT_LITE_LT(lt.MatrixLayoutCreate(&e->a, type, x_rows, x_cols, ev[g.ldb]), "layout of B");
+  TFTRT_LITE_LT(lt.MatrixLayoutCreate(&e->b, type, y_rows, y_cols, ev[g.lda]), "layout of A");
+  TFTRT_LITE_LT(lt.MatrixLayoutCreate(&e->d, type, n, m, ev[g.ldd]), "layout of D");
   if (batch > 1) {
     const int32_t count = static_cast<int32_t>(batch);
     const std::pair<cublasLtMatrixLayout_t, int64_t> strides[] = {
@@ -551,21 +571,22 @@ Status MakeConvEntry(const Executor::DeviceState& st, const plan::Plan& p, size_
   e->padded_h = h + (top - pad_h) + (bottom - pad_h);
   e->padded_w = w + (left - pad_w) + (right - pad_w);
   if (e->padded_h != h || e->padded_w != w) {
-    e->padded_bytes = uint64_t(n) * ch * e->padded_h * e->padded_w * sizeof(float);
+    e->padded_bytes = uint64_t(n) * ch * e->padded_h * e->padded_w * plan::DTypeSize(c.epilogue.dtype);
   }
+  const cudnnDataType_t type = DnnType(c.epilogue.dtype);
   const cudnnTensorFormat_t format = c.layout == plan::kNHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
   const cudnnTensorFormat_t filter_format = c.filter_layout == plan::kKRSC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
   TFTRT_LITE_DNN(dnn.CreateTensorDescriptor(&e->x), "creating the input descriptor");
-  TFTRT_LITE_DNN(dnn.SetTensor4dDescriptor(e->x, format, CUDNN_DATA_FLOAT, n, ch, static_cast<int>(e->padded_h),
+  TFTRT_LITE_DNN(dnn.SetTensor4dDescriptor(e->x, format, type, n, ch, static_cast<int>(e->padded_h),
                                            static_cast<int>(e->padded_w)),
                  "describing the input");
   TFTRT_LITE_DNN(dnn.CreateTensorDescriptor(&e->y), "creating the output descriptor");
-  TFTRT_LITE_DNN(dnn.SetTensor4dDescriptor(e->y, format, CUDNN_DATA_FLOAT, n, k, oh, ow), "describing the output");
+  TFTRT_LITE_DNN(dnn.SetTensor4dDescriptor(e->y, format, type, n, k, oh, ow), "describing the output");
   TFTRT_LITE_DNN(dnn.CreateTensorDescriptor(&e->bias), "creating the bias descriptor");
-  TFTRT_LITE_DNN(dnn.SetTensor4dDescriptor(e->bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, k, 1, 1),
+  TFTRT_LITE_DNN(dnn.SetTensor4dDescriptor(e->bias, CUDNN_TENSOR_NCHW, type, 1, k, 1, 1),
                  "describing the bias");
   TFTRT_LITE_DNN(dnn.CreateFilterDescriptor(&e->w), "creating the filter descriptor");
-  TFTRT_LITE_DNN(dnn.SetFilter4dDescriptor(e->w, CUDNN_DATA_FLOAT, filter_format, k, ch / static_cast<int>(c.groups),
+  TFTRT_LITE_DNN(dnn.SetFilter4dDescriptor(e->w, type, filter_format, k, ch / static_cast<int>(c.groups),
                                            r, sz),
                  "describing the filter");
   TFTRT_LITE_DNN(dnn.CreateConvolutionDescriptor(&e->conv), "creating the convolution descriptor");
@@ -573,9 +594,13 @@ Status MakeConvEntry(const Executor::DeviceState& st, const plan::Plan& p, size_
                                                 c.dilations[1], CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
                  "describing the convolution");
   TFTRT_LITE_DNN(dnn.SetConvolutionGroupCount(e->conv, static_cast<int>(c.groups)), "setting the group count");
-  // As in TensorFlow: default math lets fp32 convolutions use TF32 tensor cores.
-  TFTRT_LITE_DNN(dnn.SetConvolutionMathType(e->conv, Tf32Allowed() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH),
-                 "setting the math type");
+  // As in TensorFlow: default math lets fp32 convolutions use TF32 tensor cores (unless the
+  // plan or TFTRT_LITE_ALLOW_TF32 says exact); half convolutions always use them.
+  cudnnMathType_t math = CUDNN_TENSOR_OP_MATH;
+  if (c.epilogue.dtype == plan::kFloat32) {
+    math = c.epilogue.math == plan::kMathTF32 && Tf32Allowed() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+  }
+  TFTRT_LITE_DNN(dnn.SetConvolutionMathType(e->conv, math), "setting the math type");
 
   cudnnActivationMode_t mode = CUDNN_ACTIVATION_IDENTITY;
   double coef = 0.0;
@@ -637,7 +662,7 @@ Status RunConv(Executor::DeviceState& st, const plan::Plan& p, size_t index, Con
     const CUdeviceptr padded = workspace + library_workspace;
     const bool nhwc = c.layout == plan::kNHWC;
     const uint64_t n = ev[c.n], ch = ev[c.c], h = ev[c.h], w = ev[c.w_in];
-    const uint64_t pixel = (nhwc ? ch : 1) * sizeof(float);
+    const uint64_t pixel = (nhwc ? ch : 1) * plan::DTypeSize(c.epilogue.dtype);
     CUresult r = drv.MemsetD8Async(padded, 0, e.padded_bytes, stream);
     if (r == CUDA_SUCCESS && h > 0 && w > 0) {
       CUDA_MEMCPY3D copy;

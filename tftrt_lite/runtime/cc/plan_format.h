@@ -21,7 +21,7 @@ namespace tftrt_lite {
 namespace plan {
 
 constexpr char kMagic[8] = {'T', 'F', 'T', 'R', 'T', 'L', 'P', '\0'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;
 constexpr uint64_t kWeightAlignment = 256;
 constexpr uint64_t kHeaderSize = 24;        // magic, u32 version, u32 section count, u64 size
 constexpr uint64_t kSectionEntrySize = 20;  // u32 kind, u64 offset, u64 size
@@ -110,8 +110,11 @@ struct Arg {
   uint64_t value;  // buffer index, expr index, int64 bits, or float32 bits
 };
 
+// Math modes of a library step (plan.py MathMode).
+enum MathMode : uint32_t { kMathExact = 0, kMathTF32 = 1 };
+
 struct Epilogue {
-  uint32_t dtype, compute, activation;
+  uint32_t dtype, compute, math, activation;
   float act_p0, act_p1, alpha, beta;
 };
 
@@ -223,9 +226,10 @@ inline bool CheckIndex(Cursor& c, uint64_t index, uint64_t count, const char* wh
 }
 
 inline void ReadEpilogue(Cursor& c, Epilogue* e) {
-  e->dtype = c.U32(); e->compute = c.U32(); e->activation = c.U32();
+  e->dtype = c.U32(); e->compute = c.U32(); e->math = c.U32(); e->activation = c.U32();
   e->act_p0 = c.F32(); e->act_p1 = c.F32(); e->alpha = c.F32(); e->beta = c.F32();
   if (c.ok() && (e->dtype >= kNumDTypes || e->compute >= kNumDTypes)) c.Fail("bad epilogue dtype");
+  if (c.ok() && e->math > kMathTF32) c.Fail("bad epilogue math mode");
 }
 
 }  // namespace internal
