@@ -87,7 +87,9 @@ def bench_model(name, args, device, date):
     }
     for precision in args.precisions:
         t0 = time.perf_counter()
-        conv = tftrt_lite.Converter(input_saved_model_dir=src, precision_mode=precision)
+        # one captured CUDA graph per benchmarked batch size, as a server of these sizes would configure
+        conv = tftrt_lite.Converter(input_saved_model_dir=src, precision_mode=precision,
+                                    maximum_cached_engines=len(batches))
         conv.convert()
         out_dir = conv.save(os.path.join(work, f"converted_{precision}"))
         convert_s = time.perf_counter() - t0

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tftrt_lite.codegen import LIBRARY_OPS, VIEW_OPS, KernelSpec, emit_activation, emit_copy, emit_node
+from tftrt_lite.codegen.conv import emit_depthwise_conv
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import ir, symbolic
 from tftrt_lite.engine.plan import (
@@ -274,7 +275,11 @@ class _PlanBuilder:
         if node.op in VIEW_OPS:
             return
         if node.op in ("Conv", "tftrt.FusedConv"):
-            self._conv(node)
+            depthwise = emit_depthwise_conv(self.cg_graph, node)
+            if depthwise is not None:  # memory-bound: a generated kernel beats cuDNN's grouped conv
+                self._launch(depthwise)
+            else:
+                self._conv(node)
         elif node.op in ("Gemm", "MatMul", "tftrt.FusedGemm"):
             self._gemm(node)
         else:

@@ -119,3 +119,33 @@ def test_reflect_pad_is_kept(builder):
     g = b.output(_fconv(b, p))
     conv_fusion.run(g)
     assert g.summary() == {"Pad": 1, "tftrt.FusedConv": 1}
+
+
+def _pad_then_max_pool(b, activation, pad=1):
+    x = b.input("x", SHAPE)
+    c = b.op("tftrt.FusedConv", [x, b.const(_rand(4, 3, 3, 4)), b.const(_rand(4))], SHAPE, strides=[1, 1],
+             pads=[1, 1, 1, 1], dilations=[1, 1], group=1, activation=activation, activation_params=[])
+    padded = 5 + 2 * pad
+    p = b.op("Pad", [c, b.const(np.array([0, pad, pad, 0, 0, pad, pad, 0], np.int64))], ("N", padded, padded, 4),
+             mode="constant")
+    out = (padded - 3) // 2 + 1
+    y = b.op("tftrt.Pool", [p], ("N", out, out, 4), mode="max", kernel_shape=[3, 3], strides=[2, 2],
+             pads=[0, 0, 0, 0], dilations=[1, 1], ceil_mode=0, count_include_pad=0)
+    return b.output(y)
+
+
+def test_zero_pad_of_a_relu_conv_becomes_max_pool_padding(builder):
+    g = _pad_then_max_pool(builder, "relu")
+    before = g.copy()
+    conv_fusion.run(g)
+    g.verify()
+    assert g.summary() == {"tftrt.FusedConv": 1, "tftrt.Pool": 1}
+    assert g.nodes[-1].attrs["pads"] == [1, 1, 1, 1]
+    assert_same_numerics(before, g, bind={"N": 2})
+
+
+@pytest.mark.parametrize("activation, pad", [("none", 1), ("relu", 3)])
+def test_zero_pad_stays_when_values_may_be_negative_or_windows_could_be_all_padding(builder, activation, pad):
+    g = _pad_then_max_pool(builder, activation, pad)
+    conv_fusion.run(g)
+    assert g.summary()["Pad"] == 1

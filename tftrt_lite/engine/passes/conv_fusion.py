@@ -9,7 +9,11 @@ of the activation. ResNet's ``conv → Add(shortcut) → Relu`` and MobileNet's
     ==>  x ─FusedConv(W, b+c, Z=z, activation=relu)─► y
 
 A zero ``Pad`` of the spatial dims before a conv (Keras ``ZeroPadding2D``) becomes the
-conv's own padding.
+conv's own padding. So does one before a max pool whose input cannot be negative (a conv
+with a relu-like epilogue: ResNet's ``conv1 → relu → ZeroPadding2D → MaxPool``): the pool
+ignores out-of-bounds cells, and while every window keeps at least one real cell, the max
+of non-negative values with or without extra zeros is the same — one pass over the
+largest activation of the network saved.
 
 The residual ``z`` must be computed before the conv runs (it is produced earlier in node
 order and does not depend on the conv), and each intermediate must have no other reader.
@@ -42,6 +46,9 @@ def run(graph: Graph, ctx=None) -> None:
             _fold_bias(graph, conv)
             _fuse_residual(graph, conv)
             _fuse_activation(graph, conv)
+    for pool in list(graph.nodes):
+        if pool.op == "tftrt.Pool" and pool.attrs["mode"] == "max":
+            _absorb_zero_pad_into_max_pool(graph, pool)
     remove_dead_nodes(graph)
 
 
@@ -51,23 +58,49 @@ def _sole_reader(graph: Graph, conv: Node):
     return rs[0] if len(rs) == 1 and only_read_by(graph, y, rs) else None
 
 
-def _absorb_zero_pad(graph: Graph, conv: Node) -> None:
-    """``Pad`` by zeros of H/W only (Keras ZeroPadding2D) becomes the conv's own padding."""
-    pad = producer(graph, conv.inputs[0])
+def _spatial_zero_pad(graph: Graph, node: Node):
+    """(Pad node, [top, left, bottom, right]) when ``node``'s input is an NHWC zero pad of
+    H/W only, read by ``node`` alone; else None."""
+    pad = producer(graph, node.inputs[0])
     if pad is None or pad.op != "Pad" or pad.attrs["mode"] not in ("constant", b"constant"):
-        return
+        return None
     pads = graph.const(pad.inputs[1])
     value = pad.inputs[2] if len(pad.inputs) > 2 else ""
     if pads is None or (value and scalar_const(graph, value) != 0) or (len(pad.inputs) > 3 and pad.inputs[3]):
-        return
+        return None
     begin, end = pads[:4].tolist(), pads[4:].tolist()
     if len(pads) != 8 or min(begin + end) < 0 or begin[0] or begin[3] or end[0] or end[3]:
+        return None
+    if not only_read_by(graph, node.inputs[0], [node]):
+        return None
+    return pad, [begin[1], begin[2], end[1], end[2]]
+
+
+def _absorb_zero_pad(graph: Graph, conv: Node) -> None:
+    """``Pad`` by zeros of H/W only (Keras ZeroPadding2D) becomes the conv's own padding."""
+    found = _spatial_zero_pad(graph, conv)
+    if found is not None:
+        _move_pad_into(graph, conv, *found)
+
+
+def _absorb_zero_pad_into_max_pool(graph: Graph, pool: Node) -> None:
+    found = _spatial_zero_pad(graph, pool)
+    if found is None or pool.attrs["ceil_mode"] or list(pool.attrs["dilations"]) != [1, 1]:
         return
-    if not only_read_by(graph, conv.inputs[0], [conv]):
-        return
-    top, left, bottom, right = conv.attrs["pads"]
-    conv.attrs["pads"] = [top + begin[1], left + begin[2], bottom + end[1], right + end[2]]
-    conv.inputs[0] = pad.inputs[0]
+    pad, extra = found
+    src = producer(graph, pad.inputs[0])
+    nonnegative = src is not None and src.op == "tftrt.FusedConv" and (
+        src.attrs["activation"] == "relu"
+        or (src.attrs["activation"] == "clip" and src.attrs["activation_params"][0] >= 0))
+    kh, kw = pool.attrs["kernel_shape"]
+    total = [p + e for p, e in zip(pool.attrs["pads"], extra)]
+    if nonnegative and max(total[0], total[2]) < kh and max(total[1], total[3]) < kw:
+        _move_pad_into(graph, pool, pad, extra)
+
+
+def _move_pad_into(graph: Graph, node: Node, pad: Node, extra) -> None:
+    node.attrs["pads"] = [p + e for p, e in zip(node.attrs["pads"], extra)]
+    node.inputs[0] = pad.inputs[0]
     graph.nodes.remove(pad)
     graph.remove_unused_tensors()
 

@@ -172,6 +172,16 @@ cudnnDataType_t DnnType(uint32_t dtype) {
   return dtype == plan::kFloat16 ? CUDNN_DATA_HALF : dtype == plan::kBFloat16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
 }
 
+// Whether GEMM algorithms are chosen by timing cuBLASLt's candidates on the first call of
+// a shape (yes unless TFTRT_LITE_GEMM_TUNING=0; read once per process).
+bool GemmTuningEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("TFTRT_LITE_GEMM_TUNING");
+    return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "false") == 0));
+  }();
+  return enabled;
+}
+
 bool CudaGraphsEnabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("TFTRT_LITE_CUDA_GRAPHS");
@@ -205,6 +215,9 @@ struct Executor::DeviceState {
   std::mutex cache_mu;
   std::map<CacheKey, std::unique_ptr<GemmEntry>> gemms;
   std::map<CacheKey, std::unique_ptr<ConvEntry>> convs;
+  // Timed cuBLASLt choices by GEMM problem (shape, layouts, types, epilogue, alignment):
+  // identical GEMMs of different steps (every transformer layer) are timed once.
+  std::map<std::vector<int64_t>, std::pair<cublasLtMatmulAlgo_t, uint64_t>> tuned_gemms;
   std::mutex graphs_mu;
   std::map<std::vector<int64_t>, std::unique_ptr<ShapeGraph>> graphs;  // by symbol values
 
@@ -455,7 +468,68 @@ Status Executor::LoadDeviceState(CUcontext context, DeviceState** out) {
 namespace {
 
 // The cached cuBLASLt descriptors and algorithm of GEMM `step` at evaluated `ev`.
-Status MakeGemmEntry(const Executor::DeviceState& st, const plan::Plan& p, size_t index,
+// Times `candidates` for GEMM step `g` on scratch operands in a private stream and returns
+// the index of the fastest (-1 when none could be timed, e.g. no memory left beside TF's
+// allocator). The operands hold zeros: tensor-core GEMM time does not depend on values.
+int FastestGemmCandidate(Executor::DeviceState& st, const plan::GemmStep& g, const std::vector<int64_t>& ev,
+                         const GemmEntry& e, const cublasLtMatmulHeuristicResult_t* candidates, int count) {
+  const DriverApi& drv = *st.driver;
+  const CublasLtApi& lt = *st.lt_api;
+  const uint64_t elem = plan::DTypeSize(g.epilogue.dtype);
+  const int64_t m = ev[g.m], n = ev[g.n], k = ev[g.k], batch = ev[g.batch];
+  const uint64_t a_bytes = elem * (uint64_t(ev[g.stride_a]) * (batch - 1) + (g.trans_a ? k : m) * ev[g.lda]);
+  const uint64_t b_bytes = elem * (uint64_t(ev[g.stride_b]) * (batch - 1) + (g.trans_b ? n : k) * ev[g.ldb]);
+  const uint64_t d_bytes = elem * (uint64_t(ev[g.stride_d]) * (batch - 1) + m * ev[g.ldd]);
+  uint64_t workspace = 0;
+  for (int i = 0; i < count; ++i) workspace = std::max<uint64_t>(workspace, candidates[i].workspaceSize);
+  const uint64_t offsets[] = {0, AlignUp(a_bytes), AlignUp(a_bytes) + AlignUp(b_bytes),
+                              AlignUp(a_bytes) + AlignUp(b_bytes) + AlignUp(d_bytes)};
+  const uint64_t bias_bytes = AlignUp(elem * n);
+  const uint64_t total = offsets[3] + bias_bytes + AlignUp(workspace);
+  CUdeviceptr scratch = 0;
+  CUstream stream = nullptr;
+  CUevent start = nullptr, stop = nullptr;
+  int best = -1;
+  float best_ms = 0.0f;
+  if (drv.MemAlloc(&scratch, total) == CUDA_SUCCESS && drv.StreamCreate(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS &&
+      drv.EventCreate(&start, CU_EVENT_DEFAULT) == CUDA_SUCCESS && drv.EventCreate(&stop, CU_EVENT_DEFAULT) == CUDA_SUCCESS &&
+      drv.MemsetD8Async(scratch, 0, total, stream) == CUDA_SUCCESS) {
+    const void* a = reinterpret_cast<const void*>(scratch + offsets[0]);
+    const void* b = reinterpret_cast<const void*>(scratch + offsets[1]);
+    void* d = reinterpret_cast<void*>(scratch + offsets[2]);
+    const void* bias = reinterpret_cast<const void*>(scratch + offsets[3]);
+    void* ws = reinterpret_cast<void*>(scratch + offsets[3] + bias_bytes);
+    const float alpha = g.epilogue.alpha, beta = g.c != plan::kNoBuffer ? g.epilogue.beta : 0.0f;
+    if (g.bias != plan::kNoBuffer) {
+      lt.MatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+    }
+    constexpr int kRuns = 5;
+    for (int i = 0; i < count; ++i) {
+      auto run = [&] {
+        return lt.Matmul(st.lt, e.desc, &alpha, b, e.a, a, e.b, &beta, d, e.d, d, e.d, &candidates[i].algo, ws,
+                         candidates[i].workspaceSize, stream);
+      };
+      if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up; a refused candidate is skipped
+      bool ok = drv.EventRecord(start, stream) == CUDA_SUCCESS;
+      for (int r = 0; ok && r < kRuns; ++r) ok = run() == CUBLAS_STATUS_SUCCESS;
+      float ms = 0.0f;
+      ok = ok && drv.EventRecord(stop, stream) == CUDA_SUCCESS && drv.EventSynchronize(stop) == CUDA_SUCCESS &&
+           drv.EventElapsedTime(&ms, start, stop) == CUDA_SUCCESS;
+      if (ok && (best < 0 || ms < best_ms)) {
+        best = i;
+        best_ms = ms;
+      }
+    }
+  }
+  if (stream) drv.StreamSynchronize(stream);
+  if (start) drv.EventDestroy(start);
+  if (stop) drv.EventDestroy(stop);
+  if (stream) drv.StreamDestroy(stream);
+  if (scratch) drv.MemFree(scratch);
+  return best;
+}
+
+Status MakeGemmEntry(Executor::DeviceState& st, const plan::Plan& p, size_t index,
                      const std::vector<int64_t>& ev, uint32_t alignment, GemmEntry* e) {
   const CublasLtApi& lt = *st.lt_api;
   const plan::GemmStep& g = p.steps[index].gemm;
@@ -522,10 +596,14 @@ Status MakeGemmEntry(const Executor::DeviceState& st, const plan::Plan& p, size_
                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
     if (s == CUBLAS_STATUS_SUCCESS) s = lt.MatmulPreferenceSetAttribute(pref, attr, &alignment, sizeof(alignment));
   }
-  cublasLtMatmulHeuristicResult_t result;
+  // cuBLASLt's first heuristic choice is often not its fastest for the small-M GEMMs of
+  // low-batch inference; its top candidates are timed once per distinct problem.
+  constexpr int kCandidates = 8;
+  cublasLtMatmulHeuristicResult_t results[kCandidates];
   int found = 0;
   if (s == CUBLAS_STATUS_SUCCESS) {
-    s = lt.MatmulAlgoGetHeuristic(st.lt, e->desc, e->a, e->b, e->d, e->d, pref, 1, &result, &found);
+    s = lt.MatmulAlgoGetHeuristic(st.lt, e->desc, e->a, e->b, e->d, e->d, pref,
+                                  GemmTuningEnabled() ? kCandidates : 1, results, &found);
   }
   lt.MatmulPreferenceDestroy(pref);
   TFTRT_LITE_LT(s, "cublasLtMatmulAlgoGetHeuristic");
@@ -534,8 +612,22 @@ Status MakeGemmEntry(const Executor::DeviceState& st, const plan::Plan& p, size_
     return ExecError(label + ": cuBLASLt has no algorithm for m=" + std::to_string(m) + " n=" + std::to_string(n) +
                      " k=" + std::to_string(k) + " batch=" + std::to_string(batch));
   }
-  e->algo = result.algo;
-  e->workspace = result.workspaceSize;
+  e->algo = results[0].algo;
+  e->workspace = results[0].workspaceSize;
+  if (found > 1) {
+    const std::vector<int64_t> problem = {m, n, k, batch, ev[g.lda], ev[g.ldb], ev[g.ldd], ev[g.stride_a],
+                                          ev[g.stride_b], ev[g.stride_d], g.trans_a, g.trans_b, g.epilogue.dtype,
+                                          static_cast<int64_t>(compute), static_cast<int64_t>(epilogue),
+                                          g.c != plan::kNoBuffer, alignment};
+    auto it = st.tuned_gemms.find(problem);
+    if (it == st.tuned_gemms.end()) {
+      const int best = FastestGemmCandidate(st, g, ev, *e, results, found);
+      it = st.tuned_gemms.emplace(problem, std::make_pair(results[best < 0 ? 0 : best].algo,
+                                                          results[best < 0 ? 0 : best].workspaceSize)).first;
+    }
+    e->algo = it->second.first;
+    e->workspace = it->second.second;
+  }
   return Status::Ok();
 }
 
