@@ -15,7 +15,7 @@ import pytest
 from tftrt_lite.codegen import emit_node
 from tftrt_lite.codegen.attention import LANE_MAPS, SHARED_LIMIT, tensor_core_plan
 from tftrt_lite.codegen.nvrtc import compile_kernel
-from tftrt_lite.engine import fused_ops
+from tftrt_lite.engine import fused_ops, symbolic
 from tftrt_lite.engine.plan import np_dtype
 from tftrt_lite.errors import UnsupportedOpError
 from ir_graphs import one_node_graph
@@ -33,6 +33,42 @@ def attention_graph(dtype, lead, sq, sk, d, dv, k_transposed, mask_shape=None, m
     if allow_tf32 is not None:
         attrs["allow_tf32"] = int(allow_tf32)
     return one_node_graph("tftrt.Attention", inputs, [("o", dtype, (*lead, sq, dv))], attrs)
+
+
+#: How a strided operand lies in memory, per form: "bshd" the GEMMs' [N, S, H·D] rows (BERT's
+#: projections and output after the attention_layout pass); "bhds" [N, H, D, S] (d strided,
+#: keys contiguous); "padded" [N, S, H·D + 2] rows (d contiguous, rows not 16-byte aligned).
+STRIDED_FORMS = {
+    "bshd": dict(q="bshd", k="bshd", v="bshd", o="bshd"),
+    "bshd_kcols": dict(q="bshd", k="bhds", v="bshd", o="bshd"),
+    "bhds": dict(q="bhds", k="bhds", v="bhds", o="bhds"),
+    "padded": dict(q="padded", k="padded", v="padded", o="bshd"),
+}
+
+
+def _strided_operand(kind, heads, s, d):
+    """(tensor shape, (b, h, s, d) element strides) of a [N, heads, s, d] operand stored as ``kind``."""
+    if kind == "bhds":
+        return ("N", heads, d, s), (symbolic.mul(heads * d, s), symbolic.mul(d, s), 1, s)
+    row = heads * d + (2 if kind == "padded" else 0)
+    return ("N", s, row), (symbolic.mul(s, row), d, row, 1)
+
+
+def strided_attention_graph(dtype, heads, sq, sk, d, dv, form, mask_shape=None, mask_dtype="float32",
+                            allow_tf32=None, scale=0.125):
+    """One ``tftrt.Attention`` whose operands are strided views (``layout``) in ``form``."""
+    kinds = STRIDED_FORMS[form]
+    ops = {n: _strided_operand(kinds[n], heads, s, dd) for n, s, dd in
+           (("q", sq, d), ("k", sk, d), ("v", sk, dv), ("o", sq, dv))}
+    inputs = [(n, dtype, ops[n][0]) for n in "qkv"]
+    if mask_shape is not None:
+        inputs.append(("mask", mask_dtype, mask_shape))
+    layout = {"dims": ["N", heads, sq, sk, d, dv], **{n: list(ops[n][1]) for n in "qkvo"},
+              "shapes": {n: list(ops[n][0]) for n in "qkvo"}}
+    attrs = {"scale": scale, "k_transposed": 0, "layout": layout}
+    if allow_tf32 is not None:
+        attrs["allow_tf32"] = int(allow_tf32)
+    return one_node_graph("tftrt.Attention", inputs, [("o", dtype, ops["o"][0])], attrs)
 
 
 def emit_one(g):
@@ -65,6 +101,38 @@ def test_tensor_core_kernel_compiles(dtype, k_transposed, masked):
     assert spec.block == (64, 1, 1) and spec.grid[1].divisor == 32
     for arch in ARCHS:
         assert compile_kernel(spec.source, spec.name, arch).cubin[:4] == b"\x7fELF"
+
+
+@pytest.mark.parametrize("form", sorted(STRIDED_FORMS))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_strided_layout_kernels_compile(dtype, form):
+    """Operands read and written in place: cp.async and vector accesses only where d is
+    contiguous and rows stay aligned, element-wise copies elsewhere."""
+    g = strided_attention_graph(dtype, 12, "S", "S", 64, 64, form, mask_shape=("N", 1, 1, "S"))
+    spec = emit_one(g)
+    src = spec.source
+    assert "const i64 bi = b / 12LL, hi = b % 12LL;" in src
+    assert ("ldsm_t(bf, k_base" in src) == (dtype != "float32" and STRIDED_FORMS[form]["k"] == "bhds")
+    rows_cp16 = "cp16(dst, kb + (ok ? k0 + r : 0) * K_S + col, ok);" in src
+    assert rows_cp16 == (form in ("bshd", "bhds") and STRIDED_FORMS[form]["k"] == "bshd")
+    assert ("src[e * V_D]" in src) == (form in ("bhds", "padded"))
+    assert ("ob[r0 * O_S + c * O_D]" in src) == (form == "bhds")
+    if dtype != "float32":
+        assert ("qb[row * Q_S + col * Q_D].bits" in src) == (form == "bhds")
+    for arch in ARCHS:
+        compile_kernel(src, spec.name, arch)
+    exact = emit_one(strided_attention_graph(dtype, 12, "S", "S", 40, 24, form))
+    assert "mma" not in exact.source and "(float)kb[key * K_S + d * K_D]" in exact.source
+    compile_kernel(exact.source, exact.name, "sm_90")
+
+
+def test_bert_einsum_layout_takes_the_fast_paths():
+    """BERT-base's [N, S, 768] projections: Q pairs, K/V tiles by cp.async, O pairs, no branches."""
+    src = emit_one(strided_attention_graph("float16", 12, 128, 128, 64, 64, "bshd")).source
+    assert "Q_S = 768LL, Q_D = 1LL, K_S = 768LL, K_D = 1LL;" in src and "V_S = 768LL, V_D = 1LL, O_S = 768LL" in src
+    assert "const tl_half* qb = in0 + bi * 98304LL + hi * 64LL;" in src
+    assert "if (" not in src.split("auto stage")[1].split("const i64 n_tiles")[0]
+    assert "*reinterpret_cast<unsigned*>(ob + r0 * O_S + c)" in src and "ob[r0 * O_S + c * O_D]" not in src
 
 
 @pytest.mark.parametrize("dtype, d, dv, k_transposed", [

@@ -5,6 +5,10 @@ Every dtype (fp16, bf16, fp32 on TF32, exact fp32) × K layout × mask / no mask
 sequence lengths, head dims from 16 to 128, and BERT-base's shapes at batch 1 and 2 with a
 [B, 1, 1, Sk] padding mask of -10000 entries. Errors are measured relative to the output's
 scale: max |got - want| / max |want|. BERT batch 1 is also timed (printed, not asserted).
+Strided operand layouts (``layout``: BERT's [N, S, H·D] projections read and its output
+written in place, keys-contiguous K, d-strided operands, rows too unaligned for cp.async)
+run every mode with and without a mask, the output prefilled with NaN so a missed or
+misplaced store shows.
 """
 import math
 
@@ -15,7 +19,7 @@ from tftrt_lite.codegen import emit_node
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import fused_ops, symbolic
 from tftrt_lite.engine.plan import np_dtype
-from test_attention import attention_graph
+from test_attention import STRIDED_FORMS, attention_graph, strided_attention_graph
 
 cupy = pytest.importorskip("cupy")
 
@@ -135,6 +139,24 @@ def test_attention_matches_reference(mode, k_transposed, shape_id, masked, tmp_p
     spec, got = _run(g, feeds, env, tmp_path)
     assert ("mma.sync" in spec.source) == (mode != "fp32" and shape_id != "general_d40")
     _check(g, feeds, got, tol, f"{mode} {shape_id} k_transposed={k_transposed} masked={masked}")
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "nomask"])
+@pytest.mark.parametrize("form", sorted(STRIDED_FORMS))
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_strided_layout_matches_reference(mode, form, masked, tmp_path):
+    """Ragged symbolic sequences (Sq 37, Sk 45) over 3 heads, D = Dv = 64 (tensor cores
+    except exact fp32), and BERT-base's shapes (12 heads, 128, D = 64) at batch 2."""
+    dtype, allow_tf32, tol = MODES[mode]
+    for heads, sq, sk, env in ((3, "S", "T", {"N": 2, "S": 37, "T": 45}), (BERT_HEADS, BERT_SEQ, BERT_SEQ, {"N": 2})):
+        g = strided_attention_graph(dtype, heads, sq, sk, 64, 64, form,
+                                    mask_shape=("N", 1, 1, sk) if masked else None, allow_tf32=allow_tf32,
+                                    scale=0.125)
+        rng = np.random.default_rng([sorted(MODES).index(mode), sorted(STRIDED_FORMS).index(form), int(masked), heads])
+        feeds = _inputs(g, env, rng)
+        spec, got = _run(g, feeds, env, tmp_path)
+        assert ("mma.sync" in spec.source) == (mode != "fp32")
+        _check(g, feeds, got, tol, f"{mode} {form} heads={heads} masked={masked}")
 
 
 def bert_graph(mode, k_transposed=1):

@@ -80,6 +80,27 @@ def test_attention_with_mask_both_k_layouts():
     np.testing.assert_allclose(got_t, want, rtol=1e-5, atol=1e-6)
 
 
+def test_attention_layout_reads_and_writes_strided_views():
+    """BERT's einsum layout: Q and V as [N, S, H*D] rows, K as [N, H, D, S] (keys contiguous), O
+    written as [N, S, H*Dv]; symbolic N and S bound from the operands' shapes."""
+    n, h, sq, sk, d, dv = 2, 3, 5, 7, 4, 6
+    q, k, v = _rand(n, h, sq, d), _rand(n, h, sk, d), _rand(n, h, sk, dv)
+    mask = _rand(n, 1, 1, sk)
+    (want,) = fused_ops.attention([q, k, v, mask], dict(scale=0.3, k_transposed=0))
+    layout = {"dims": ["N", h, "S", "T", d, dv],
+              "q": [f"S*{h * d}", d, h * d, 1], "k": [f"T*{h * d}", f"T*{d}", 1, "T"],
+              "v": [f"T*{h * dv}", dv, h * dv, 1], "o": [f"S*{h * dv}", dv, h * dv, 1],
+              "shapes": {"q": ["N", "S", h * d], "k": ["N", h, d, "T"], "v": ["N", "T", h * dv],
+                         "o": ["N", "S", h * dv]}}
+    args = [q.transpose(0, 2, 1, 3).reshape(n, sq, h * d), k.transpose(0, 1, 3, 2).copy(),
+            v.transpose(0, 2, 1, 3).reshape(n, sk, h * dv), mask]
+    (got,) = fused_ops.attention(args, dict(scale=0.3, k_transposed=1, layout=layout))  # k_transposed ignored
+    np.testing.assert_array_equal(got, want.transpose(0, 2, 1, 3).reshape(n, sq, h * dv))
+    bad = dict(layout, q=[f"S*{h * d}", d, h * d, 2])
+    with pytest.raises(ValueError, match="reach past"):
+        fused_ops.attention(args, dict(scale=0.3, k_transposed=0, layout=bad))
+
+
 def test_fused_elementwise_program_with_broadcast_and_multiple_outputs():
     x, c = _rand(2, 3, 4), _rand(4)
     program = [

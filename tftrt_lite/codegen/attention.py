@@ -16,8 +16,9 @@ tile of ``BC`` keys:
   the next tile's copy overlaps this tile's math (both tiles of BERT's Sk = 128 are in
   flight before any math starts). Rows are padded by 16 bytes (32 for fp32 [D, Sk] tiles),
   which makes every ``ldmatrix`` phase and every scalar TF32 fragment read hit 32
-  distinct banks. K may arrive as [Sk, D] or as [D, Sk] (``k_transposed``); both
-  are copied as they lie in memory and the fragment read differs (``ldmatrix`` vs
+  distinct banks. K's tile is kept as [key][d] or, when its keys are contiguous in
+  memory (``k_transposed``, or a ``layout`` with key stride 1), as [d][key]; both are
+  copied as they lie in memory and the fragment read differs (``ldmatrix`` vs
   ``ldmatrix.trans``), so no layout pass is needed.
 * ``S = Q·Kᵀ`` on ``mma.sync`` with fp32 accumulation. Q's A fragments are loaded once
   from global memory straight into registers (32-bit words: two adjacent halves of a row
@@ -48,11 +49,21 @@ query sequences. When Sq is static and at most 16 the block is one warp.
 ``BC`` is the largest of 64/32/16 keys whose two K+V stages fit the 48 KB of static
 shared memory (fp16 D = Dv = 64: 64 keys, 36 KB; D = Dv = 128: 32 keys).
 
+Operand layouts: every operand is addressed as a strided [B, H, S, D] view (the block
+index splits into batch and head; ``tftrt.Attention``'s ``layout``, else contiguous
+strides), so the kernel reads Q/K/V straight from the projections' [N, S, H·D] output and
+writes O into the next GEMM's input, with no head split/merge transposes. The 16-byte
+``cp.async`` tile copies need the d stride to be 1 (keys for [d][key] K tiles) and every
+other stride a multiple of 16 bytes; the 32-bit Q loads and O stores (64-bit for fp32)
+need d contiguous and even strides. Where the IR proves that (BERT: D = 64, H·D = 768)
+only the fast path is emitted; where it disproves it, only element-wise copies; a
+symbolic stride it cannot decide gets both behind a uniform run-time branch.
+
 Ragged Sq/Sk: rows past Sq load zeros and are not stored; key chunks past Sk are
 zero-filled by ``cp.async`` (src-size 0) and their scores forced to -inf, so they get
 probability 0 and add nothing (zero V rows, never garbage that could be NaN). For
-[D, Sk] keys a 16-byte copy needs Sk to be a multiple of the chunk; otherwise the tile
-is copied element by element (a uniform branch). Buffers are assumed 16-byte aligned
+[d][key] tiles a 16-byte copy needs Sk to be a multiple of the chunk; otherwise the tile
+is copied element by element. Buffers are assumed 16-byte aligned
 (the engine arena aligns to 256 bytes, TensorFlow's allocator to at least 64).
 
 Numerics: scores, softmax statistics and the output accumulator are fp32; the only
@@ -81,9 +92,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from tftrt_lite.codegen.kernel import (
-    Dim, KernelSpec, KernelWriter, LaunchDim, c_literal, c_type, contiguous_strides, dim_prod, emitter,
+    Dim, KernelSpec, KernelWriter, LaunchDim, c_literal, c_type, contiguous_strides, dim_mul, dim_prod, emitter,
     shape_of, unravel)
-from tftrt_lite.engine import ir
+from tftrt_lite.engine import ir, symbolic
 from tftrt_lite.errors import UnsupportedOpError
 
 SHARED_LIMIT = 48 * 1024
@@ -147,18 +158,34 @@ class TilePlan:
     tf32: bool
 
 
+Strides = Tuple[Dim, Dim, Dim, Dim]
+
+
 @dataclass(frozen=True)
 class _Problem:
+    """One attention as the kernels see it: each operand a strided [B, H, S, D] view.
+
+    ``lead`` are the score dims the block index runs over (and the mask broadcasts
+    against): the operands' leading dims, or (B, H) under a ``layout``. ``heads`` splits
+    the block index into (batch, head); strides are per operand (b, h, s, d) in elements.
+    ``k_cols``: K's keys are contiguous, so its tile is kept as [d][key] in shared memory.
+    """
+
     q: str
     k: str
     v: str
     mask: str
     lead: Tuple[Dim, ...]
+    heads: Dim
     sq: Dim
     sk: Dim
     d: int
     dv: int
-    k_transposed: bool
+    q_st: Strides
+    k_st: Strides
+    v_st: Strides
+    o_st: Strides
+    k_cols: bool
     dtype: str
     scale: float
 
@@ -185,16 +212,26 @@ def _mask_strides(mask_shape: Sequence, score_shape: Sequence, node: ir.Node) ->
 def _parse(graph: ir.Graph, node: ir.Node) -> _Problem:
     q_t, k_t, v_t, mask_t = (list(node.inputs) + [""])[:4]
     q_shape, k_shape, v_shape = (shape_of(graph, t, node) for t in (q_t, k_t, v_t))
-    k_transposed = bool(node.attrs["k_transposed"])
-    lead = tuple(q_shape[:-2])
-    sq, d = q_shape[-2], q_shape[-1]
-    sk = k_shape[-1] if k_transposed else k_shape[-2]
-    dv = v_shape[-1]
+    layout = node.attrs.get("layout")
+    if layout is not None:
+        b, h, sq, sk, d, dv = (symbolic.normalize(x) for x in layout["dims"])
+        lead, heads = (b, h), h
+        q_st, k_st, v_st, o_st = (tuple(symbolic.normalize(x) for x in layout[n]) for n in "qkvo")
+    else:
+        k_transposed = bool(node.attrs["k_transposed"])
+        lead, heads = tuple(q_shape[:-2]), 1
+        sq, d = q_shape[-2], q_shape[-1]
+        sk = k_shape[-1] if k_transposed else k_shape[-2]
+        dv = v_shape[-1]
+        if tuple(k_shape[:-2]) != lead or tuple(v_shape[:-2]) != lead:
+            raise UnsupportedOpError(f"node {node.name!r}: Q {tuple(q_shape)}, K {tuple(k_shape)}, "
+                                     f"V {tuple(v_shape)} leading dims differ")
+        q_st = (dim_mul(sq, d), 0, d, 1)
+        k_st = (dim_mul(sk, d), 0, 1, sk) if k_transposed else (dim_mul(sk, d), 0, d, 1)
+        v_st = (dim_mul(sk, dv), 0, dv, 1)
+        o_st = (dim_mul(sq, dv), 0, dv, 1)
     if not (isinstance(d, int) and isinstance(dv, int)):
         raise UnsupportedOpError(f"node {node.name!r}: attention head dims must be static, got D={d}, Dv={dv}")
-    if tuple(k_shape[:-2]) != lead or tuple(v_shape[:-2]) != lead:
-        raise UnsupportedOpError(f"node {node.name!r}: Q {tuple(q_shape)}, K {tuple(k_shape)}, "
-                                 f"V {tuple(v_shape)} leading dims differ")
     dtype = graph.tensor(q_t).dtype
     for t in (k_t, v_t, node.outputs[0]):
         if graph.tensor(t).dtype != dtype:
@@ -203,8 +240,56 @@ def _parse(graph: ir.Graph, node: ir.Node) -> _Problem:
     if dtype not in DTYPES:
         raise UnsupportedOpError(f"node {node.name!r}: attention kernels are generated for "
                                  f"{', '.join(DTYPES)}, got {dtype}")
-    return _Problem(q_t, k_t, v_t, mask_t, lead, sq, sk, d, dv, k_transposed, dtype,
+    k_cols = symbolic.equal(k_st[2], 1) and not symbolic.equal(k_st[3], 1)
+    return _Problem(q_t, k_t, v_t, mask_t, lead, heads, sq, sk, d, dv, q_st, k_st, v_st, o_st, k_cols, dtype,
                     float(node.attrs["scale"]))
+
+
+def _multiple_of(w: KernelWriter, dims: Sequence[Dim], n: int) -> str:
+    """A C condition that every dim is a multiple of ``n``: ``true``/``false`` when that is
+    known from the IR (every coefficient of a symbolic dim divisible), else a run-time test."""
+    tests = []
+    for x in dims:
+        x = symbolic.normalize(x)
+        if isinstance(x, int):
+            if x % n:
+                return "false"
+        elif any(c % n for c, _ in symbolic.terms(x)) and f"{w.dim(x)} % {n} == 0" not in tests:
+            tests.append(f"{w.dim(x)} % {n} == 0")
+    return " && ".join(tests) or "true"
+
+
+def _vector_ok(w: KernelWriter, st: Strides, n: int) -> str:
+    """Whether an operand's rows can be moved ``n`` elements at a time: d contiguous, and the
+    s, h, b strides multiples of ``n`` (so vectors stay aligned on an aligned buffer)."""
+    if not symbolic.equal(st[3], 1):
+        return "false"
+    return _multiple_of(w, (st[2], st[1], st[0]), n)
+
+
+def _branch(cond: str, fast: str, slow: str) -> str:
+    """``fast`` where ``cond`` holds, ``slow`` elsewhere: one of them when it is known, else
+    both behind a uniform branch."""
+    if cond == "true":
+        return fast
+    if cond == "false":
+        return slow
+    pad = " " * (len(fast) - len(fast.lstrip(" ")))
+    fast, slow = ("\n".join("  " + line for line in x.split("\n")) for x in (fast, slow))
+    return f"{pad}if ({cond}) {{\n{fast}\n{pad}}} else {{\n{slow}\n{pad}}}"
+
+
+def _operand_bases(w: KernelWriter, p: _Problem, ptrs: Sequence[Tuple[str, str, str, Strides]]) -> List[str]:
+    """C lines that split the block index ``b`` into (batch, head) and point each operand's
+    base pointer (name, C type, buffer, strides) at this block's [S, D] slice."""
+    if symbolic.equal(p.heads, 1):
+        lines = ["  const i64 bi = b, hi = 0;"]
+    else:
+        lines = [f"  const i64 bi = b / {w.dim(p.heads)}, hi = b % {w.dim(p.heads)};"]
+    for name, t, buf, st in ptrs:
+        terms = [f"{i} * {w.dim(x)}" for i, x in (("bi", st[0]), ("hi", st[1])) if not symbolic.equal(x, 0)]
+        lines.append(f"  {t}* {name} = {buf}{''.join(' + ' + x for x in terms)};")
+    return lines
 
 
 def _row_pads(tf32: bool) -> Tuple[int, int]:
@@ -221,6 +306,8 @@ def _row_pads(tf32: bool) -> Tuple[int, int]:
 def tensor_core_plan(dtype: str, d: int, dv: int, k_transposed: bool, sq: Dim,
                      allow_tf32: bool = True) -> Optional[TilePlan]:
     """The tensor-core kernel's tiles for these head dims, or None where it does not apply.
+
+    ``k_transposed``: K's tile is kept as [d][key] (its keys are contiguous in memory).
 
     None for float32 without TF32, and for head dims that are not multiples of 16 in
     [16, 128] (the mma k-step and the register budget of the Q and O fragments).
@@ -272,10 +359,10 @@ _TC_BODY = Template(r"""  constexpr int D = ${D}, DV = ${DV}, BC = ${BC}, WARPS 
   const i64 row0 = ((i64)blockIdx.y * WARPS + (tid >> 5)) * 16;  // this warp's first query row
   const i64 r0 = row0 + g, r1 = row0 + g + 8;                    // the two rows of this lane
   const bool v0 = r0 < Sq, v1 = r1 < Sq;
-  const ${T}* qb = ${q} + b * Sq * D;
-  const ${T}* kb = ${k} + b * Sk * D;
-  const ${T}* vb = ${v} + b * Sk * DV;
-  ${T}* ob = ${o} + b * Sq * DV;
+${BASES}
+  // global element strides of the s (row) and d (column) axes of Q, K, V and O
+  const i64 Q_S = ${Q_S}, Q_D = ${Q_D}, K_S = ${K_S}, K_D = ${K_D};
+  const i64 V_S = ${V_S}, V_D = ${V_D}, O_S = ${O_S}, O_D = ${O_D};
 ${MASK_SETUP}
   const float NEG_INF = -tl_inf();
   auto cp16 = [](void* dst, const void* src, bool full) {  // 16 bytes global -> shared; zero-filled unless full
@@ -285,12 +372,7 @@ ${MASK_SETUP}
 ${HELPERS}
   auto stage = [&](int st, i64 k0) {  // K/V tile of keys [k0, k0 + BC) into stage st
 ${STAGE_K}
-    #pragma unroll
-    for (int c = tid; c < BC * (DV / ${CH}); c += THREADS) {
-      const int r = c / (DV / ${CH}), col = c % (DV / ${CH}) * ${CH};
-      const bool ok = k0 + r < Sk;
-      cp16(&v_s[st][r * VS + col], vb + (ok ? k0 + r : 0) * DV + col, ok);
-    }
+${STAGE_V}
   };
   const i64 n_tiles = (Sk + BC - 1) / BC;
   stage(0, 0);
@@ -397,8 +479,8 @@ _HALF_LOAD_Q = Template(r"""  unsigned qa[D / 16][4];  // Q's A fragments for ev
   for (int kk = 0; kk < D / 16; ++kk) {
     #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      const i64 row = row0 + ${ROW};
-      qa[kk][r] = (r & 1 ? v1 : v0) ? *reinterpret_cast<const unsigned*>(qb + row * D + ${COL}) : 0u;
+      const i64 row = row0 + ${ROW}, col = ${COL};
+      qa[kk][r] = (r & 1 ? v1 : v0) ? ${LOAD} : 0u;
     }
   }""")
 
@@ -407,8 +489,8 @@ _TF32_LOAD_Q = Template(r"""  unsigned qa[D / 8][4];  // Q's A fragments (TF32) 
   for (int kk = 0; kk < D / 8; ++kk) {
     #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      const i64 row = row0 + ${ROW};
-      qa[kk][r] = tf32((r & 1 ? v1 : v0) ? qb[row * D + ${COL}] : 0.f);
+      const i64 row = row0 + ${ROW}, col = ${COL};
+      qa[kk][r] = tf32((r & 1 ? v1 : v0) ? qb[row * Q_S + col * Q_D] : 0.f);
     }
   }""")
 
@@ -464,40 +546,47 @@ _TF32_PV = Template(r"""    #pragma unroll
       }
     }""")
 
-_HALF_STORE = r"""  #pragma unroll
+_STORE = Template(r"""  #pragma unroll
   for (int j = 0; j < DV / 8; ++j) {
     const int c = j * 8 + tg * 2;
-    if (v0) *reinterpret_cast<unsigned*>(ob + r0 * DV + c) = pack(o[j][0] * inv[0], o[j][1] * inv[0]);
-    if (v1) *reinterpret_cast<unsigned*>(ob + r1 * DV + c) = pack(o[j][2] * inv[1], o[j][3] * inv[1]);
-  }"""
+${STORE_ROWS}
+  }""")
 
-_TF32_STORE = r"""  #pragma unroll
-  for (int j = 0; j < DV / 8; ++j) {
-    const int c = j * 8 + tg * 2;
-    if (v0) *reinterpret_cast<float2*>(ob + r0 * DV + c) = make_float2(o[j][0] * inv[0], o[j][1] * inv[0]);
-    if (v1) *reinterpret_cast<float2*>(ob + r1 * DV + c) = make_float2(o[j][2] * inv[1], o[j][3] * inv[1]);
-  }"""
+#: One row's two adjacent output columns (c, c + 1): one 32-bit (halves) / 64-bit (fp32) store
+#: where O's rows are contiguous and aligned for it, else two element stores.
+_HALF_STORE_PAIR = "if (v{h}) *reinterpret_cast<unsigned*>(ob + r{h} * O_S + c) = pack({x}, {y});"
+_TF32_STORE_PAIR = "if (v{h}) *reinterpret_cast<float2*>(ob + r{h} * O_S + c) = make_float2({x}, {y});"
+_STORE_ELEMS = "if (v{h}) {{ ob[r{h} * O_S + c * O_D] = {t}({x}); ob[r{h} * O_S + (c + 1) * O_D] = {t}({y}); }}"
 
-_STAGE_K_ROWS = Template(r"""    #pragma unroll
-    for (int c = tid; c < BC * (D / ${CH}); c += THREADS) {  // K as [key][d]
-      const int r = c / (D / ${CH}), col = c % (D / ${CH}) * ${CH};
+#: A tile of keys [k0, k0 + BC) of K or V (``${X}``) as [key][d] rows of ``${W}`` elements in
+#: shared memory (pitch ``${P}``): 16-byte ``cp.async`` chunks where d is contiguous and the
+#: rows are 16-byte aligned (``${COPY}``, the fast path), else element by element.
+_STAGE_ROWS = Template(r"""    #pragma unroll
+    for (int c = tid; c < BC * (${W} / ${CH}); c += THREADS) {  // ${X} as [key][d]
+      const int r = c / (${W} / ${CH}), col = c % (${W} / ${CH}) * ${CH};
       const bool ok = k0 + r < Sk;
-      cp16(&k_s[st][r * KS + col], kb + (ok ? k0 + r : 0) * D + col, ok);
+      ${T}* dst = &${X_S}[st][r * ${P} + col];
+${COPY}
     }""")
+_ROWS_CP16 = "      cp16(dst, ${X_B} + (ok ? k0 + r : 0) * ${X}_S + col, ok);"
+_ROWS_ELEMS = r"""      const ${T}* src = ${X_B} + (ok ? k0 + r : 0) * ${X}_S + col * ${X}_D;
+      #pragma unroll
+      for (int e = 0; e < ${CH}; ++e) dst[e] = ok ? src[e * ${X}_D] : ${T}(0.f);"""
 
+#: K whose keys are contiguous (K_S = 1) as [d][key] rows of the tile: 16-byte chunks when
+#: they are aligned and wholly in or out of range (Sk and K's other strides multiples of a
+#: chunk), else element by element.
 _STAGE_K_COLS = Template(r"""    #pragma unroll
     for (int c = tid; c < D * (BC / ${CH}); c += THREADS) {  // K as [d][key]: rows of Sk keys
       const int r = c / (BC / ${CH}), col = c % (BC / ${CH}) * ${CH};
       const i64 key = k0 + col;
       ${T}* dst = &k_s[st][r * KS + col];
-      const ${T}* src = kb + (i64)r * Sk + key;
-      if (Sk % ${CH} == 0) {  // chunks are 16-byte aligned and wholly in or out of range
-        cp16(dst, key < Sk ? src : kb, key < Sk);
-      } else {
-        #pragma unroll
-        for (int e = 0; e < ${CH}; ++e) dst[e] = key + e < Sk ? src[e] : ${T}(0.f);
-      }
+      const ${T}* src = kb + (i64)r * K_D + key;
+${COPY}
     }""")
+_COLS_CP16 = "      cp16(dst, key < Sk ? src : kb, key < Sk);"
+_COLS_ELEMS = r"""      #pragma unroll
+      for (int e = 0; e < ${CH}; ++e) dst[e] = key + e < Sk ? src[e] : ${T}(0.f);"""
 
 
 def _emit_tensor_core(graph: ir.Graph, node: ir.Node, p: _Problem, plan: TilePlan) -> KernelSpec:
@@ -507,7 +596,7 @@ def _emit_tensor_core(graph: ir.Graph, node: ir.Node, p: _Problem, plan: TilePla
     ch = 16 // esize
     pad, kt_pad = _row_pads(plan.tf32)
     bc = plan.key_tile
-    ks = bc + kt_pad if p.k_transposed else p.d + pad
+    ks = bc + kt_pad if p.k_cols else p.d + pad
     w = KernelWriter("attention", node)
     q, k, v = w.buffer(p.q, p.dtype), w.buffer(p.k, p.dtype), w.buffer(p.v, p.dtype)
     mask_var = w.buffer(p.mask, graph.tensor(p.mask).dtype) if p.mask else None
@@ -535,30 +624,58 @@ def _emit_tensor_core(graph: ir.Graph, node: ir.Node, p: _Problem, plan: TilePla
     else:
         setup, load_mask, score = [], "", f"s[j][e] * {scale_log2}"
 
-    stage_k = (_STAGE_K_COLS if p.k_transposed else _STAGE_K_ROWS).substitute(CH=ch, T=t)
+    bases = _operand_bases(w, p, [("qb", f"const {t}", q, p.q_st), ("kb", f"const {t}", k, p.k_st),
+                                  ("vb", f"const {t}", v, p.v_st), ("ob", t, out, p.o_st)])
+    if p.k_cols:
+        cond = _multiple_of(w, (p.sk, p.k_st[3], p.k_st[1], p.k_st[0]), ch)
+        stage_k = _STAGE_K_COLS.substitute(
+            CH=ch, T=t, COPY=_branch(cond, _COLS_CP16, Template(_COLS_ELEMS).substitute(CH=ch, T=t)))
+    else:
+        stage_k = _stage_rows(w, "K", "k_s", "kb", "D", "KS", p.k_st, ch, t)
+    stage_v = _stage_rows(w, "V", "v_s", "vb", "DV", "VS", p.v_st, ch, t)
+    o_vec = _vector_ok(w, p.o_st, 2)
     if plan.tf32:
         helpers = _TF32_HELPERS
         load_q = _TF32_LOAD_Q.substitute(ROW=m["t_q_row"], COL=m["t_q_col"])
-        qk = _TF32_QK.substitute(ADDR=m["t_kt_addr" if p.k_transposed else "t_k_addr"])
+        qk = _TF32_QK.substitute(ADDR=m["t_kt_addr" if p.k_cols else "t_k_addr"])
         pv = _TF32_PV.substitute(P_ELEM=m["t_p_elem"], V_ADDR=m["t_v_addr"])
-        store = _TF32_STORE
+        store_pair = _TF32_STORE_PAIR
     else:
         helpers = _HALF_HELPERS.substitute(MT="f16" if p.dtype == "float16" else "bf16",
                                            LDSM_ROW=m["ldsm_row"], LDSM_COL=m["ldsm_col"],
                                            LDSM_T_ROW=m["ldsm_t_row"], LDSM_T_COL=m["ldsm_t_col"])
-        load_q = _HALF_LOAD_Q.substitute(ROW=m["h_q_row"], COL=m["h_q_col"])
-        qk = _HALF_QK.substitute(LDSM="ldsm_t" if p.k_transposed else "ldsm", ESIZE=esize,
-                                 ADDR=m["h_kt_addr" if p.k_transposed else "h_k_addr"])
+        pair = "*reinterpret_cast<const unsigned*>(qb + row * Q_S + col)"
+        elems = "((unsigned)qb[row * Q_S + col * Q_D].bits | (unsigned)qb[row * Q_S + (col + 1) * Q_D].bits << 16)"
+        q_vec = _vector_ok(w, p.q_st, 2)
+        load = pair if q_vec == "true" else elems if q_vec == "false" else f"({q_vec}) ? {pair} : {elems}"
+        load_q = _HALF_LOAD_Q.substitute(ROW=m["h_q_row"], COL=m["h_q_col"], LOAD=load)
+        qk = _HALF_QK.substitute(LDSM="ldsm_t" if p.k_cols else "ldsm", ESIZE=esize,
+                                 ADDR=m["h_kt_addr" if p.k_cols else "h_k_addr"])
         pv = _HALF_PV.substitute(ESIZE=esize, P_TILE=m["h_p_tile"], P_ELEM=m["h_p_elem"], V_ADDR=m["h_v_addr"])
-        store = _HALF_STORE
+        store_pair = _HALF_STORE_PAIR
+    rows = [(0, "o[j][0] * inv[0]", "o[j][1] * inv[0]"), (1, "o[j][2] * inv[1]", "o[j][3] * inv[1]")]
+    store = _STORE.substitute(STORE_ROWS=_branch(
+        o_vec, "\n".join("    " + store_pair.format(h=h, x=x, y=y) for h, x, y in rows),
+        "\n".join("    " + _STORE_ELEMS.format(h=h, x=x, y=y, t=t) for h, x, y in rows)))
+    strides = {f"{n}_{a}": w.dim(st[i]) for n, st in (("Q", p.q_st), ("K", p.k_st), ("V", p.v_st), ("O", p.o_st))
+               for a, i in (("S", 2), ("D", 3))}
     body = _TC_BODY.substitute(
         D=p.d, DV=p.dv, BC=bc, WARPS=plan.warps, KS=ks, VS=p.dv + pad, T=t, CH=ch,
-        K_ELEMS=f"{p.d} * KS" if p.k_transposed else "BC * KS",
-        Sq=Sq, Sk=Sk, q=q, k=k, v=v, o=out, MASK_SETUP="\n".join(setup), HELPERS=helpers, STAGE_K=stage_k,
+        K_ELEMS=f"{p.d} * KS" if p.k_cols else "BC * KS", BASES="\n".join(bases), **strides,
+        Sq=Sq, Sk=Sk, MASK_SETUP="\n".join(setup), HELPERS=helpers, STAGE_K=stage_k, STAGE_V=stage_v,
         LOAD_Q=load_q, LOAD_MASK=load_mask, QK=qk, C_COL=m["c_col"], SCORE=score, PV=pv, STORE=store)
     rows_per_block = ROWS_PER_WARP * plan.warps
     grid = (LaunchDim(dim_prod(p.lead) if p.lead else 1), LaunchDim(p.sq, rows_per_block), LaunchDim(1))
     return w.finish(body, grid, (32 * plan.warps, 1, 1))
+
+
+def _stage_rows(w: KernelWriter, x: str, smem: str, base: str, width: str, pitch: str, st: Strides,
+                ch: int, t: str) -> str:
+    """The stage loop copying a [key][d] tile of ``x`` (K or V): cp.async where aligned."""
+    sub = dict(X=x, X_B=base, CH=ch, T=t)
+    copy = _branch(_vector_ok(w, st, ch), Template(_ROWS_CP16).substitute(sub),
+                   Template(_ROWS_ELEMS).substitute(sub))
+    return _STAGE_ROWS.substitute(sub, X_S=smem, W=width, P=pitch, COPY=copy)
 
 
 # ----------------------------------------------------------------------------- exact fp32 FMA
@@ -578,7 +695,8 @@ def _emit_fma(graph: ir.Graph, node: ir.Node, p: _Problem) -> KernelSpec:
     Sq, Sk = w.dim(p.sq), w.dim(p.sk)
     regs = (dv + 31) // 32
     scale = c_literal(p.scale, "float32")
-    k_index = "(i64)d * Sk + key" if p.k_transposed else "key * D + d"
+    st = {f"{n}_{a}": w.dim(x[i]) for n, x in (("Q", p.q_st), ("K", p.k_st), ("V", p.v_st), ("O", p.o_st))
+          for a, i in (("S", 2), ("D", 3))}
 
     lines = [f"  constexpr int D = {d}, DV = {dv}, TQ = {QUERY_TILE}, KT = {KEY_TILE};",
              f"  const i64 Sq = {Sq}, Sk = {Sk};",
@@ -589,9 +707,10 @@ def _emit_fma(graph: ir.Graph, node: ir.Node, p: _Problem) -> KernelSpec:
              "  const i64 b = blockIdx.x;",
              "  const i64 qi = (i64)blockIdx.y * TQ + warp;",
              "  const bool active = qi < Sq;",
-             f"  const {t}* qb = {q} + b * Sq * D;",
-             f"  const {t}* kb = {k} + b * Sk * D;",
-             f"  const {t}* vb = {v} + b * Sk * DV;"]
+             *_operand_bases(w, p, [("qb", f"const {t}", q, p.q_st), ("kb", f"const {t}", k, p.k_st),
+                                    ("vb", f"const {t}", v, p.v_st), ("ob", t, o, p.o_st)]),
+             "  // global element strides of the s (row) and d (column) axes of Q, K, V and O",
+             "  const i64 " + ", ".join(f"{n} = {x}" for n, x in st.items()) + ";"]
     if mask_var is not None:
         setup, _, row_stride, key_stride = _mask_setup(w, graph, node, p, mask_var)
         lines += setup
@@ -600,7 +719,7 @@ def _emit_fma(graph: ir.Graph, node: ir.Node, p: _Problem) -> KernelSpec:
     else:
         mask_term = ""
     lines += [
-        "  for (int d = lane; d < D; d += 32) q_s[warp][d] = active ? (float)qb[qi * D + d] : 0.f;",
+        "  for (int d = lane; d < D; d += 32) q_s[warp][d] = active ? (float)qb[qi * Q_S + d * Q_D] : 0.f;",
         "  float run_max = -tl_inf(), run_sum = 0.f;",
         f"  float acc[{regs}];",
         f"  for (int r = 0; r < {regs}; ++r) acc[r] = 0.f;",
@@ -609,12 +728,12 @@ def _emit_fma(graph: ir.Graph, node: ir.Node, p: _Problem) -> KernelSpec:
         "    for (int idx = threadIdx.x; idx < KT * D; idx += blockDim.x) {",
         "      const int j = idx / D, d = idx % D;",
         "      const i64 key = k0 + j;",
-        f"      k_s[j][d] = key < Sk ? (float)kb[{k_index}] : 0.f;",
+        "      k_s[j][d] = key < Sk ? (float)kb[key * K_S + d * K_D] : 0.f;",
         "    }",
         "    for (int idx = threadIdx.x; idx < KT * DV; idx += blockDim.x) {",
         "      const int j = idx / DV, d = idx % DV;",
         "      const i64 key = k0 + j;",
-        "      v_s[j][d] = key < Sk ? (float)vb[key * DV + d] : 0.f;",
+        "      v_s[j][d] = key < Sk ? (float)vb[key * V_S + d * V_D] : 0.f;",
         "    }",
         "    __syncthreads();",
         "    const i64 key = k0 + lane;",
@@ -637,7 +756,7 @@ def _emit_fma(graph: ir.Graph, node: ir.Node, p: _Problem) -> KernelSpec:
         "  }",
         "  if (!active) return;",
         f"  for (int r = 0; r < {regs}; ++r) {{ const int d = lane + 32 * r; "
-        f"if (d < DV) {o}[(b * Sq + qi) * DV + d] = ({t})(acc[r] / run_sum); }}",
+        f"if (d < DV) ob[qi * O_S + d * O_D] = ({t})(acc[r] / run_sum); }}",
     ]
     grid = (LaunchDim(dim_prod(p.lead) if p.lead else 1), LaunchDim(p.sq, QUERY_TILE), LaunchDim(1))
     return w.finish("\n".join(lines), grid, (32 * QUERY_TILE, 1, 1))
@@ -646,7 +765,7 @@ def _emit_fma(graph: ir.Graph, node: ir.Node, p: _Problem) -> KernelSpec:
 @emitter("tftrt.Attention")
 def _emit_attention(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
     p = _parse(graph, node)
-    plan = tensor_core_plan(p.dtype, p.d, p.dv, p.k_transposed, p.sq,
+    plan = tensor_core_plan(p.dtype, p.d, p.dv, p.k_cols, p.sq,
                             allow_tf32=bool(node.attrs.get("allow_tf32", 1)))
     if plan is not None:
         return [_emit_tensor_core(graph, node, p, plan)]

@@ -24,7 +24,9 @@ import re
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
+from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.ir import saturate_cast
 from tftrt_lite.engine.reference import erf as _erf, np_dtype, reference_op
 
@@ -389,16 +391,63 @@ def attention(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.nd
              ``mask`` additive, broadcastable to [..., Sq, Sk] (optional).
              Leading (batch/head) dims of Q, K, V are equal — e.g. [B*H] or [B, H].
     Output:  ``O`` [..., Sq, Dv], dtype of Q.
-    Attrs:   ``scale`` float; ``k_transposed`` 0/1.
+    Attrs:   ``scale`` float; ``k_transposed`` 0/1; ``layout`` (optional, below).
     The softmax is over the last axis, computed in float32 with max subtraction (what a
     flash-attention style kernel does); a builder may reshape the leading dims freely.
+
+    ``layout`` (written by the ``attention_layout`` pass, so that the kernel reads the
+    projections and writes the output in the GEMMs' [N, S, H, D] memory order instead of
+    behind head split/merge transposes) makes every operand a strided view of its tensor's
+    flat row-major memory:
+
+        {"dims": [B, H, Sq, Sk, D, Dv],
+         "q": [sb, sh, ss, sd], "k": [...], "v": [...], "o": [...],
+         "shapes": {"q": shape, "k": shape, "v": shape, "o": shape}}
+
+    Element (b, h, s, d) of the logical [B, H, S, D] operand (Q: [B, H, Sq, D], K:
+    [B, H, Sk, D] — ``k_transposed`` is then ignored —, V: [B, H, Sk, Dv], O:
+    [B, H, Sq, Dv]) lives at flat element ``b·sb + h·sh + s·ss + d·sd`` of its tensor. Dims
+    and strides are IR dims (ints or symbolic expressions); ``shapes`` holds each operand
+    tensor's IR shape, from which the symbols are bound. O's views cover its tensor exactly
+    once (the output is ``shapes["o"]``, every element written). The mask then broadcasts
+    to [B, H, Sq, Sk].
     """
     q, k, v, mask = (list(inputs) + [None])[:4]
-    kt = k if attrs["k_transposed"] else np.swapaxes(k, -1, -2)
+    layout = attrs.get("layout")
+    if layout is not None:
+        q, k, v, o_shape, o_view = _attention_views(q, k, v, layout)
+    kt = k if attrs["k_transposed"] and layout is None else np.swapaxes(k, -1, -2)
     s = np.matmul(q.astype(np.float64), kt.astype(np.float64)) * attrs["scale"]
     if mask is not None:
         s = s + mask.astype(np.float64)
     s = s - s.max(axis=-1, keepdims=True)
     p = np.exp(s)
     p /= p.sum(axis=-1, keepdims=True)
-    return [np.matmul(p, v.astype(np.float64)).astype(q.dtype)]
+    o = np.matmul(p, v.astype(np.float64)).astype(q.dtype)
+    if layout is None:
+        return [o]
+    out = np.full(o_shape, np.nan, q.dtype)
+    o_view(out)[...] = o
+    return [out]
+
+
+def _attention_views(q: np.ndarray, k: np.ndarray, v: np.ndarray, layout: Dict):
+    """Q, K, V as their [B, H, S, D] strided views, the output's shape and a function giving
+    the O view of an output array (see ``attention``'s ``layout``)."""
+    env: Dict[str, int] = {}
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        symbolic.bind(layout["shapes"][name], x.shape, env, what=f"attention layout {name!r}")
+    b, h, sq, sk, d, dv = (symbolic.evaluate(x, env) for x in layout["dims"])
+    o_shape = tuple(symbolic.evaluate(x, env) for x in layout["shapes"]["o"])
+
+    def view(x: np.ndarray, name: str, shape) -> np.ndarray:
+        strides = [symbolic.evaluate(st, env) for st in layout[name]]
+        last = sum((n - 1) * st for n, st in zip(shape, strides))
+        if min(strides) < 0 or (min(shape) > 0 and last >= x.size):
+            raise ValueError(f"attention layout {name!r}: strides {strides} of a {shape} view reach past "
+                             f"the {x.size} elements of its tensor")
+        flat = np.ascontiguousarray(x).reshape(-1)
+        return as_strided(flat, shape, [st * flat.itemsize for st in strides], writeable=name == "o")
+
+    return (view(q, "q", (b, h, sq, d)), view(k, "k", (b, h, sk, d)), view(v, "v", (b, h, sk, dv)),
+            o_shape, lambda out: view(out, "o", (b, h, sq, dv)))

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from tftrt_lite.engine.ir import Graph, IRError
 from tftrt_lite.engine.passes import (
     attention_fusion,
+    attention_layout,
     bn_folding,
     cleanup,
     constant_folding,
@@ -58,6 +59,7 @@ PIPELINE: List[Tuple[str, Callable[[Graph, PassContext], None]]] = [
     ("cleanup_after_layout", cleanup.run),
     ("bn_folding_after_layout", bn_folding.run),
     ("attention_fusion", attention_fusion.run),
+    ("attention_layout", attention_layout.run),
     ("layernorm_fusion", layernorm_fusion.run),
     ("conv_fusion", conv_fusion.run),
     ("gemm_fusion", gemm_fusion.run),
