@@ -44,16 +44,22 @@ def _assert_close(got, want, what, tolerance=1e-3):
     assert err <= tolerance, f"{what}: max error {err:.2e} of output scale {scale:.3g}"
 
 
-@pytest.mark.parametrize("name", zoo.ZOO)
-@pytest.mark.parametrize("batch", [1, 7, 64])
-def test_engine_matches_tf_gpu(name, batch, tmp_path_factory):
-    original, converted = _signatures(name, str(tmp_path_factory.getbasetemp()))
-    feeds = {k: tf.constant(v) for k, v in model_zoo.random_inputs(name, batch, seed=batch + 100).items()}
+def _run_both(name, precision, batch, seed, tmp_root):
+    """TF's and the converted model's outputs on the same fresh inputs; the engine must run."""
+    original, converted = _signatures(name, tmp_root, precision)
+    feeds = {k: tf.constant(v) for k, v in model_zoo.random_inputs(name, batch, seed=seed).items()}
     tftrt_lite.reset_stats()
     with tf.device("/GPU:0"):
         want, got = original(**feeds), converted(**feeds)
     stats = tftrt_lite.stats()
     assert stats["engine_calls"] >= 1 and stats["fallback_calls"] == 0, stats
+    return want, got
+
+
+@pytest.mark.parametrize("name", zoo.ZOO)
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_engine_matches_tf_gpu(name, batch, tmp_path_factory):
+    want, got = _run_both(name, "FP32", batch, batch + 100, str(tmp_path_factory.getbasetemp()))
     for key in want:
         _assert_close(got[key].numpy(), want[key].numpy(), f"{name} b{batch} {key}")
 
@@ -66,13 +72,7 @@ def test_reduced_precision_engine_matches_tf_fp32_gpu(name, precision, batch, tm
     FP16 at TF-TRT's 1e-2; BF16 at 2e-2, because bfloat16 keeps 8 significant bits to
     float16's 11 (8x the rounding error per stored value; measured on the H200: up to
     1.3e-2 on the BERT-style encoder and 1.1e-2 on ResNet50, where FP16 stays under 1e-2)."""
-    original, converted = _signatures(name, str(tmp_path_factory.getbasetemp()), precision)
-    feeds = {k: tf.constant(v) for k, v in model_zoo.random_inputs(name, batch, seed=batch + 300).items()}
-    tftrt_lite.reset_stats()
-    with tf.device("/GPU:0"):
-        want, got = original(**feeds), converted(**feeds)
-    stats = tftrt_lite.stats()
-    assert stats["engine_calls"] >= 1 and stats["fallback_calls"] == 0, stats
+    want, got = _run_both(name, precision, batch, batch + 300, str(tmp_path_factory.getbasetemp()))
     for key in want:
         assert got[key].dtype == want[key].dtype
         _assert_close(got[key].numpy(), want[key].numpy(), f"{name} {precision} b{batch} {key}",

@@ -24,7 +24,6 @@ non-finite value is a mismatch no tolerance passes.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import heapq
 import json
@@ -37,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
+from tftrt_lite.envutil import scoped_env
 from tftrt_lite.errors import TftrtLiteError
 from tftrt_lite.load.freeze import freeze_signature
 from tftrt_lite.load.proto import read_saved_model_proto
@@ -693,7 +693,7 @@ def run_engine_op(node, source: graph_pb2.GraphDef, inputs: Sequence[np.ndarray]
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(graph_def, name="")
-    with _env(ALLOW_FALLBACK_ENV, "0"), tf.compat.v1.Session(
+    with scoped_env(ALLOW_FALLBACK_ENV, "0"), tf.compat.v1.Session(
             graph=graph, config=tf.compat.v1.ConfigProto(allow_soft_placement=False)) as sess:
         return sess.run([f"engine:{j}" for j in range(n_out)], {f"input_{i}:0": v for i, v in enumerate(inputs)})
 
@@ -720,16 +720,3 @@ def run_engine_reference(node, inputs: Sequence[np.ndarray]) -> List[np.ndarray]
                 raise CompareError(f"engine {name!r}: plan {kind} {pos} is named {tensor!r}")
     results = engine.run_reference(dict(zip(engine.input_names, inputs)))
     return [np.asarray(results[t]) for t in engine.output_names]
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old

@@ -10,30 +10,20 @@ written in place, keys-contiguous K, d-strided operands, rows too unaligned for 
 run every mode with and without a mask, the output prefilled with NaN so a missed or
 misplaced store shows.
 """
-import math
 
 import numpy as np
 import pytest
 
 from tftrt_lite.codegen import emit_node
-from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import fused_ops, symbolic
 from tftrt_lite.engine.plan import np_dtype
+from cuda_launch import gpu_arch, prepare, to_device, to_host
 from test_attention import STRIDED_FORMS, attention_graph, strided_attention_graph
 
 cupy = pytest.importorskip("cupy")
 
 
-def _gpu_arch():
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None
-        return f"sm_{cupy.cuda.Device(0).compute_capability}"
-    except Exception:  # no driver / no device: CuPy raises its own runtime errors
-        return None
-
-
-ARCH = _gpu_arch()
+ARCH = gpu_arch()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(ARCH is None, reason="needs a CUDA GPU visible to CuPy")]
 
 #: id → (dtype, allow_tf32 attr, tolerance relative to the output scale)
@@ -56,36 +46,6 @@ def _concrete(shape, env):
     return tuple(int(symbolic.evaluate(d, env)) for d in shape)
 
 
-def _device(x):
-    """A CuPy copy of ``x``; bfloat16 (which CuPy lacks) travels as its uint16 bits."""
-    return cupy.asarray(x.view(np.uint16) if x.dtype == np_dtype("bfloat16") else x)
-
-
-def _host(buf, dtype):
-    out = cupy.asnumpy(buf)
-    return out.view(np_dtype(dtype)) if dtype == "bfloat16" else out
-
-
-def _prepare(spec, buffers, env, tmp_path):
-    """The compiled function, grid, block and arguments of one launch."""
-    kernel = compile_kernel(spec.source, spec.name, ARCH)
-    path = tmp_path / f"{spec.name}.cubin"
-    path.write_bytes(kernel.cubin)
-    fn = cupy.RawModule(path=str(path)).get_function(spec.name)
-    args = []
-    for a in spec.args:
-        if a.kind == "buffer":
-            args.append(buffers[a.value])
-        elif a.kind == "expr":
-            args.append(np.int64(symbolic.evaluate(a.value, env)))
-        elif a.kind == "i64":
-            args.append(np.int64(a.value))
-        else:
-            args.append(np.float32(a.value))
-    grid = tuple(max(1, math.ceil(symbolic.evaluate(g.numerator, env) / g.divisor)) for g in spec.grid)
-    return fn, grid, spec.block, tuple(args)
-
-
 def _inputs(g, env, rng, masked_frac=0.2):
     """Fresh normal inputs in each tensor's dtype; masks get -10000 at ~20% of entries."""
     feeds = {}
@@ -101,7 +61,7 @@ def _inputs(g, env, rng, masked_frac=0.2):
 def _run(g, feeds, env, tmp_path):
     node = g.nodes[0]
     dtype = g.tensors["o"].dtype
-    buffers = {t: _device(x) for t, x in feeds.items()}
+    buffers = {t: to_device(x) for t, x in feeds.items()}
     out_shape = _concrete(g.tensors["o"].shape, env)
     nan_bits = {"float16": 0x7E00, "bfloat16": 0x7FC0}
     buffers["o"] = (cupy.full(out_shape, nan_bits[dtype], np.uint16) if dtype in nan_bits
@@ -109,10 +69,10 @@ def _run(g, feeds, env, tmp_path):
     if dtype == "float16":
         buffers["o"] = buffers["o"].view(np.float16)
     (spec,) = emit_node(g, node)
-    fn, grid, block, args = _prepare(spec, buffers, env, tmp_path)
+    fn, grid, block, args = prepare(spec, buffers, env, ARCH, tmp_path)
     fn(grid, block, args)
     cupy.cuda.Device(0).synchronize()
-    return spec, _host(buffers["o"], dtype)
+    return spec, to_host(buffers["o"], dtype)
 
 
 def _check(g, feeds, got, tol, what):
@@ -191,11 +151,11 @@ def test_bert_base_batch1_timing(mode, tmp_path, capsys):
     time without the host's launch overhead). The pre-tensor-core kernel took 38.5 µs."""
     g, env = bert_graph(mode), {"N": 1}
     feeds = _bert_feeds(g, env, np.random.default_rng(0))
-    buffers = {t: _device(x) for t, x in feeds.items()}
+    buffers = {t: to_device(x) for t, x in feeds.items()}
     buffers["o"] = cupy.zeros(_concrete(g.tensors["o"].shape, env), np.uint16 if mode in ("fp16", "bf16")
                               else np.float32)
     (spec,) = emit_node(g, g.nodes[0])
-    fn, grid, block, args = _prepare(spec, buffers, env, tmp_path)
+    fn, grid, block, args = prepare(spec, buffers, env, ARCH, tmp_path)
     reps = 200
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:

@@ -1,8 +1,6 @@
 """The depthwise convolution kernel: which convs it claims, its NVRTC compilation, and (GPU)
 its numerics against ``fused_ops.fused_conv`` for strides, asymmetric pads, residuals,
 activations and every float storage type."""
-import math
-
 import numpy as np
 import pytest
 
@@ -11,6 +9,7 @@ from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.ir import saturate_cast
 from tftrt_lite.engine.reference import np_dtype, run_graph
+from cuda_launch import gpu_arch, launch, to_device, to_host
 from ir_graphs import one_node_graph
 
 #: id → (channels, kernel, stride, pads [t, l, b, r], residual, activation, params)
@@ -58,42 +57,23 @@ def test_only_depthwise_convs_are_claimed():
     assert not is_depthwise(g, g.nodes[0]) and emit_depthwise_conv(g, g.nodes[0]) is None
 
 
-def _arch():
-    try:
-        import cupy
-        return f"sm_{cupy.cuda.Device(0).compute_capability}" if cupy.cuda.runtime.getDeviceCount() else None
-    except Exception:  # no driver or device
-        return None
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case_id", sorted(CASES))
 def test_depthwise_kernel_matches_reference(case_id, dtype, tmp_path):
-    arch = _arch()
+    arch = gpu_arch()
     if arch is None:
         pytest.skip("needs a CUDA GPU visible to CuPy")
-    import cupy
-
     env = {"N": 3}
     g = _graph(case_id, dtype)
     rng = np.random.default_rng(5)
     feeds = {t: saturate_cast(rng.standard_normal([symbolic.evaluate(d, env) for d in g.tensor(t).shape]), dtype)
              for t in g.inputs}
     want = run_graph(g, feeds)["y"].astype(np.float32)
-    as_gpu = lambda v: cupy.asarray(v.view(np.uint16) if v.dtype == np_dtype("bfloat16") else v)  # noqa: E731
-    buffers = {t: as_gpu(v) for t, v in feeds.items()}
-    buffers.update({t: as_gpu(g.tensor(t).value) for t in ("w", "b")})
-    buffers["y"] = as_gpu(np.full(want.shape, np.nan, np_dtype(dtype)))
-    spec = emit_depthwise_conv(g, g.nodes[0])
-    path = tmp_path / "k.cubin"
-    path.write_bytes(compile_kernel(spec.source, spec.name, arch).cubin)
-    fn = cupy.RawModule(path=str(path)).get_function(spec.name)
-    args = [buffers[a.value] if a.kind == "buffer" else np.int64(symbolic.evaluate(a.value, env)) for a in spec.args]
-    grid = tuple(max(1, math.ceil(symbolic.evaluate(d.numerator, env) / d.divisor)) for d in spec.grid)
-    fn(grid, spec.block, tuple(args))
-    got = cupy.asnumpy(buffers["y"])
-    if dtype == "bfloat16":
-        got = got.view(np_dtype("bfloat16"))
+    buffers = {t: to_device(v) for t, v in feeds.items()}
+    buffers.update({t: to_device(g.tensor(t).value) for t in ("w", "b")})
+    buffers["y"] = to_device(np.full(want.shape, np.nan, np_dtype(dtype)))
+    launch(emit_depthwise_conv(g, g.nodes[0]), buffers, env, arch, tmp_path)
+    got = to_host(buffers["y"], dtype)
     tol = 1e-5 if dtype == "float32" else 1e-2
     np.testing.assert_allclose(got.astype(np.float32), want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))

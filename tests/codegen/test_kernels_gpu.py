@@ -1,54 +1,26 @@
 """Every generated kernel launched on the GPU (its NVRTC cubin, through CuPy) against the
 NumPy reference executor, on fresh random inputs with a symbolic batch bound to 3."""
-import math
-
 import numpy as np
 import pytest
 
 from tftrt_lite.codegen import emit_activation, emit_node
-from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.fused_ops import apply_activation
-from tftrt_lite.engine.reference import run_graph
+from tftrt_lite.engine.reference import np_dtype, run_graph
+from cuda_launch import gpu_arch, launch, to_device, to_host
 from ir_graphs import random_array
 from kernel_cases import CASES, HALF_DTYPES, graph_for, half_graph_for
-from tftrt_lite.engine.reference import np_dtype
 
 cupy = pytest.importorskip("cupy")
 
 
-def _gpu_arch():
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None
-        return f"sm_{cupy.cuda.Device(0).compute_capability}"
-    except Exception:  # no driver / no device: CuPy raises its own runtime errors
-        return None
-
-
-ARCH = _gpu_arch()
+ARCH = gpu_arch()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(ARCH is None, reason="needs a CUDA GPU visible to CuPy")]
 ENV = {"N": 3}
 
 
 def _launch(spec, buffers, tmp_path):
-    kernel = compile_kernel(spec.source, spec.name, ARCH)
-    path = tmp_path / f"{spec.name}.cubin"
-    path.write_bytes(kernel.cubin)
-    fn = cupy.RawModule(path=str(path)).get_function(spec.name)
-    args = []
-    for a in spec.args:
-        if a.kind == "buffer":
-            args.append(buffers[a.value])
-        elif a.kind == "expr":
-            args.append(np.int64(symbolic.evaluate(a.value, ENV)))
-        elif a.kind == "i64":
-            args.append(np.int64(a.value))
-        else:
-            args.append(np.float32(a.value))
-    grid = tuple(max(1, math.ceil(symbolic.evaluate(g.numerator, ENV) / g.divisor)) for g in spec.grid)
-    fn(grid, spec.block, tuple(args), shared_mem=spec.shared_mem)
-    cupy.cuda.Device(0).synchronize()
+    launch(spec, buffers, ENV, ARCH, tmp_path)
 
 
 def _compare(got, want, what):
@@ -91,19 +63,16 @@ def test_half_kernel_matches_reference(case_id, dtype, tmp_path):
         feeds[t] = random_array(rng, "float32", shape).astype(np_dtype(dt)) if dt in HALF_DTYPES \
             else random_array(rng, dt, shape)
     want = run_graph(g, feeds)
-    as_gpu = lambda v: cupy.asarray(v.view(np.uint16) if v.dtype == np_dtype("bfloat16") else v)  # noqa: E731
-    buffers = {t: as_gpu(v) for t, v in feeds.items()}
-    buffers.update({t: as_gpu(tt.value) for t, tt in g.tensors.items() if tt.value is not None})
+    buffers = {t: to_device(v) for t, v in feeds.items()}
+    buffers.update({t: to_device(tt.value) for t, tt in g.tensors.items() if tt.value is not None})
     for o in g.outputs:
         shape = tuple(symbolic.evaluate(d, ENV) for d in g.tensors[o].shape)
-        buffers[o] = as_gpu(np.full(shape, 77, dtype=np_dtype(g.tensors[o].dtype)))
+        buffers[o] = to_device(np.full(shape, 77, dtype=np_dtype(g.tensors[o].dtype)))
     for spec in emit_node(g, g.nodes[0]):
         _launch(spec, buffers, tmp_path)
     for o in g.outputs:
-        got = cupy.asnumpy(buffers[o])
         want_o = want[o]
-        if want_o.dtype == np_dtype("bfloat16"):
-            got = got.view(np_dtype("bfloat16"))
+        got = to_host(buffers[o], g.tensors[o].dtype)
         if np.dtype(want_o.dtype).kind in "fV":
             np.testing.assert_allclose(got.astype(np.float32), want_o.astype(np.float32), rtol=1e-2, atol=1e-2,
                                        err_msg=f"{case_id} {dtype}: output {o!r}")

@@ -205,16 +205,16 @@ def emit_layer_norm(graph: ir.Graph, node: ir.Node, x: str, scale: str, bias: Op
         guard = "" if full else f"if (i < {D}) "
         lines += [f"  {at} v_[{per_lane}];",
                   f"  {at} s = 0;",
-                  f"#pragma unroll",
+                  "#pragma unroll",
                   f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; "
                   f"v_[k] = 0; {guard}{{ const {at} v = {load}; v_[k] = v; s += v;{store_sum} }} }}",
                   f"  const {at} mean = tl_warp_sum(s) / ({at}){D};",
                   f"  {at} q = 0;",
-                  f"#pragma unroll",
+                  "#pragma unroll",
                   f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; "
                   f"{guard}{{ const {at} d = v_[k] - mean; q += d * d; }} }}",
                   f"  const {at} sd = tl_sqrt(tl_warp_sum(q) / ({at}){D} + ({at}){c_literal(epsilon, 'float32')});",
-                  f"#pragma unroll",
+                  "#pragma unroll",
                   f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; {guard}{{",
                   f"    {at} v = (v_[k] - mean) / sd * ({at}){pscale}[i];"]
     else:

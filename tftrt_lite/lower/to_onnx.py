@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Iterator, Sequence
 
 import onnx
@@ -21,6 +20,7 @@ from tensorflow.core.framework import graph_pb2
 from tf2onnx import constants as tf2onnx_constants
 
 import tftrt_lite.lower.tf2onnx_handlers  # noqa: F401  (registers handlers with tf2onnx)
+from tftrt_lite.envutil import scoped_env
 
 ONNX_OPSET = 17
 
@@ -46,20 +46,6 @@ def quiet_tf2onnx() -> Iterator[None]:
             lg.setLevel(level)
 
 
-@contextlib.contextmanager
-def _catch_optimizer_errors(enabled: bool) -> Iterator[None]:
-    key = tf2onnx_constants.ENV_TF2ONNX_CATCH_ERRORS
-    previous = os.environ.get(key)
-    os.environ[key] = "TRUE" if enabled else "FALSE"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = previous
-
-
 def symbolic_dim(input_index: int, axis: int) -> str:
     return "N" if axis == 0 else f"d{input_index}_{axis}"
 
@@ -73,10 +59,10 @@ def graph_def_to_onnx(segment_graph_def: graph_pb2.GraphDef, input_names: Sequen
                   output_names=[f"{n}:0" for n in output_names], opset=opset, tensors_to_rename=renames)
     with quiet_tf2onnx():
         try:
-            with _catch_optimizer_errors(False):
+            with scoped_env(tf2onnx_constants.ENV_TF2ONNX_CATCH_ERRORS, "FALSE"):
                 model, _ = tf2onnx.convert.from_graph_def(segment_graph_def, **kwargs)
         except Exception:  # an optimizer pass failed: redo with tf2onnx's rollback per pass
-            with _catch_optimizer_errors(True):
+            with scoped_env(tf2onnx_constants.ENV_TF2ONNX_CATCH_ERRORS, "TRUE"):
                 model, _ = tf2onnx.convert.from_graph_def(segment_graph_def, **kwargs)
     by_name = {v.name: v for v in model.graph.input}
     for i, (in_name, shape) in enumerate(zip(input_names, input_shapes)):

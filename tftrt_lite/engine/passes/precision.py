@@ -31,7 +31,7 @@ Rules:
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 
 from tftrt_lite.engine.fused_ops import ELEMENTWISE_OPS

@@ -1,0 +1,69 @@
+"""Launching a generated kernel through CuPy: what every GPU kernel test shares.
+
+A :class:`KernelSpec` carries symbolic grid and argument expressions; these helpers bind
+them to concrete symbol values, compile the source with NVRTC for the GPU at hand and
+move arrays across (bfloat16, which CuPy lacks, travels as its uint16 bits).
+"""
+import math
+
+import numpy as np
+
+from tftrt_lite.codegen.nvrtc import compile_kernel
+from tftrt_lite.engine import symbolic
+from tftrt_lite.engine.plan import np_dtype
+
+
+def gpu_arch():
+    """``"sm_XY"`` of GPU 0, or None without a GPU (or a driver) visible to CuPy."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        return f"sm_{cupy.cuda.Device(0).compute_capability}"
+    except Exception:  # no driver / no device: CuPy raises its own runtime errors
+        return None
+
+
+def to_device(x):
+    import cupy
+
+    x = np.asarray(x)
+    return cupy.asarray(x.view(np.uint16) if x.dtype == np_dtype("bfloat16") else x)
+
+
+def to_host(buf, dtype):
+    import cupy
+
+    out = cupy.asnumpy(buf)
+    return out.view(np_dtype(dtype)) if dtype == "bfloat16" else out
+
+
+def prepare(spec, buffers, env, arch, tmp_path):
+    """The compiled function, grid, block and arguments of one launch of ``spec``."""
+    import cupy
+
+    path = tmp_path / f"{spec.name}.cubin"
+    path.write_bytes(compile_kernel(spec.source, spec.name, arch).cubin)
+    fn = cupy.RawModule(path=str(path)).get_function(spec.name)
+    args = []
+    for a in spec.args:
+        if a.kind == "buffer":
+            args.append(buffers[a.value])
+        elif a.kind == "expr":
+            args.append(np.int64(symbolic.evaluate(a.value, env)))
+        elif a.kind == "i64":
+            args.append(np.int64(a.value))
+        else:
+            args.append(np.float32(a.value))
+    grid = tuple(max(1, math.ceil(symbolic.evaluate(g.numerator, env) / g.divisor)) for g in spec.grid)
+    return fn, grid, spec.block, tuple(args)
+
+
+def launch(spec, buffers, env, arch, tmp_path):
+    """Run ``spec`` once on ``buffers`` (tensor name → CuPy array) and wait for it."""
+    import cupy
+
+    fn, grid, block, args = prepare(spec, buffers, env, arch, tmp_path)
+    fn(grid, block, args, shared_mem=spec.shared_mem)
+    cupy.cuda.Device(0).synchronize()
