@@ -410,10 +410,10 @@ def test_rejects_gemm_activation_cublaslt_cannot_apply(harness):
 def test_rejects_conv_clip_with_nonzero_lower_bound(harness):
     engine = build_engine(conv_residual_depthwise_nhwc(np.random.default_rng(2)), target_arch="sm_90")
     plan = engine.plan
-    clipped = [s for s in plan.steps if isinstance(s, ConvStep) and s.activation == Activation.CLIP]
-    assert clipped and clipped[0].act_p1 == 6.0
+    conv = next(s for s in plan.steps if isinstance(s, ConvStep))  # the depthwise relu6 is a generated kernel
+    conv.activation, conv.act_p0, conv.act_p1 = Activation.CLIP, 0.0, 6.0
     harness.create(serialize_plan(plan))  # relu6 itself is fine
-    clipped[0].act_p0 = -1.0
+    conv.act_p0 = -1.0
     with pytest.raises(ExecutorError, match=r"clip\(-1.0+, 6.0+\) has a lower bound other than 0"):
         harness.create(serialize_plan(plan))
 
