@@ -9,7 +9,8 @@ the executor's C harness on CuPy buffers holding fresh random inputs:
 * per step: the plan runs uncaptured ``--repeats`` times with a CUDA event pair around
   every step; the median microseconds of each step (its GPU time, launch gaps
   included) is reported with the step's name, kind (launch / gemm / conv) and kernel,
-  and its share of the sum over steps;
+  its share of the sum over steps, and its achieved TFLOP/s, GB/s and share of the H200
+  roofline from the step's FLOPs and bytes (``tftrt_lite.engine.costs``);
 * end to end: ``--iters`` back-to-back calls after a warm-up, host work included, once
   with CUDA graphs (the executor's default: warm-up, capture, then replays) and once
   with capture off. Their difference is the host-side launch cost the graph removes;
@@ -38,6 +39,7 @@ tf.config.set_visible_devices([], "GPU")  # conversion runs on the CPU; the GPU 
 import model_zoo  # noqa: E402
 import tftrt_lite  # noqa: E402
 from test_executor_gpu import Harness, random_feeds  # noqa: E402
+from tftrt_lite.engine.costs import roofline_share, step_costs, symbol_values  # noqa: E402
 from tftrt_lite.engine.plan import ConvStep, GemmStep, LaunchStep  # noqa: E402
 
 #: zoo config -> (builder, builder kwargs, signature input name)
@@ -57,12 +59,13 @@ def convert(config, precision, work):
     return conv.engines()
 
 
-def step_rows(engine, step_us):
-    """One record per plan step, in plan order."""
+def step_rows(engine, step_us, symbols):
+    """One record per plan step, in plan order, with its work and achieved rates."""
     plan = engine.plan
     total = sum(step_us) or 1.0
+    costs = step_costs(plan, symbols)
     rows = []
-    for index, (step, us) in enumerate(zip(plan.steps, step_us)):
+    for index, (step, us, cost) in enumerate(zip(plan.steps, step_us, costs)):
         if isinstance(step, LaunchStep):
             kind, kernel = "launch", plan.kernels[step.kernel].name
         elif isinstance(step, GemmStep):
@@ -72,7 +75,10 @@ def step_rows(engine, step_us):
         else:
             raise TypeError(f"step #{index} {step.name!r} is a {type(step).__name__}, which this profile cannot name")
         rows.append({"index": index, "name": step.name, "kind": kind, "kernel": kernel, "us": round(us, 2),
-                     "share": round(us / total, 4)})
+                     "share": round(us / total, 4), **cost,
+                     "tflops": round(cost["flops"] / (us * 1e6), 2) if us > 0 else None,
+                     "gbps": round(cost["bytes"] / (us * 1e3), 1) if us > 0 else None,
+                     "roofline": round(roofline_share(step, cost, us * 1e-6), 3) if us > 0 else None})
     return rows
 
 
@@ -89,7 +95,8 @@ def profile_engine(harness, name, built, batch, repeats, iters, seed):
     with stream:
         out_dtypes = [np.dtype(engine.graph.tensor(o).dtype) for o in engine.output_names]
         uncaptured.run(inputs, out_dtypes, stream)  # loads modules and weights, chooses library algorithms
-        rows = step_rows(engine, uncaptured.profile(inputs, repeats, stream))
+        symbols = symbol_values(engine.plan, [feeds[n].shape for n in engine.input_names])
+        rows = step_rows(engine, uncaptured.profile(inputs, repeats, stream), symbols)
         before = harness.cuda_graph_counts()
         graph_ms = with_graphs.time_calls(inputs, warmup=3, iters=iters, stream=stream)
         graph_counts = {k: v - before[k] for k, v in harness.cuda_graph_counts().items()}
@@ -112,9 +119,10 @@ def profile_engine(harness, name, built, batch, repeats, iters, seed):
 def print_report(record, top):
     print(f"\n{record['model']} b{record['batch']} {record['precision']} engine {record['engine']}: "
           f"{len(record['steps'])} steps, {record['step_sum_us']:.1f} us summed over steps")
-    print(f"{'#':>5} {'kind':<7}{'us':>9}{'share':>8}  name / kernel")
+    print(f"{'#':>5} {'kind':<7}{'us':>9}{'share':>8}{'TFLOP/s':>9}{'GB/s':>8}{'roof':>6}  name / kernel")
     for row in sorted(record["steps"], key=lambda r: -r["us"])[:top]:
-        print(f"{row['index']:>5} {row['kind']:<7}{row['us']:>9.1f}{100 * row['share']:>7.1f}%  "
+        print(f"{row['index']:>5} {row['kind']:<7}{row['us']:>9.1f}{100 * row['share']:>7.1f}%"
+              f"{row['tflops'] or 0:>9.1f}{row['gbps'] or 0:>8.0f}{100 * (row['roofline'] or 0):>5.0f}%  "
               f"{row['name']} / {row['kernel']}")
     for kind, total in sorted(record["by_kind"].items(), key=lambda kv: -kv[1]["us"]):
         print(f"  {kind:<7}{total['steps']:>5} steps {total['us']:>10.1f} us")
