@@ -18,7 +18,7 @@ from typing import Optional
 
 from tftrt_lite.codegen.elementwise import activation_program, program_c
 from tftrt_lite.codegen.kernel import (
-    KernelSpec, KernelWriter, c_type, compute_type, dim_mul, dim_prod, grid_1d, unravel)
+    KernelSpec, KernelWriter, c_type, compute_type, dim_mul, dim_prod, grid_1d, unravel, vector_length)
 from tftrt_lite.engine import ir
 
 BLOCK = 256
@@ -53,8 +53,8 @@ def emit_depthwise_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
     top, left = int(node.attrs["pads"][0]), int(node.attrs["pads"][1])
     dt = graph.tensor(y).dtype
     t, ct = c_type(dt, node), compute_type(dt, node)
-    width = 4 if dt == "float32" else 2
-    vec = 16 // width if channels % (16 // width) == 0 else 1
+    vec = vector_length([dt])
+    vec = vec if channels % vec == 0 else 1
 
     w = KernelWriter("dwconv", node)
     px, pw = w.buffer(x, graph.tensor(x).dtype), w.buffer(wt, graph.tensor(wt).dtype)
@@ -70,7 +70,7 @@ def emit_depthwise_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
              unravel("e", ["", OH, OW, str(groups)], ["n", "oy", "ox", "g"]),
              f"  const int c = (int)g * {vec};",
              f"  {ct} acc[{vec}];",
-             f"#pragma unroll",
+             "#pragma unroll",
              f"  for (int v = 0; v < {vec}; ++v) acc[v] = 0;",
              f"  for (int i = 0; i < {kh}; ++i) {{",
              f"    const i64 iy = oy * {sh} - {top} + i * {dh};",
@@ -79,7 +79,7 @@ def emit_depthwise_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
              f"      const i64 ix = ox * {sw} - {left} + j * {dw};",
              f"      if (ix < 0 || ix >= {W}) continue;",
              f"      const {vt} xv = *reinterpret_cast<const {vt}*>({px} + ((n * {H} + iy) * {W} + ix) * {channels} + c);",
-             f"#pragma unroll",
+             "#pragma unroll",
              f"      for (int v = 0; v < {vec}; ++v) acc[v] += ({ct})xv.v[v] * ({ct}){pw}[((c + v) * {kh} + i) * {kw} + j];",
              "    }",
              "  }",

@@ -28,7 +28,7 @@ import numpy as np
 
 from tftrt_lite.codegen.kernel import (
     FLOAT_DTYPES, Dim, KernelSpec, KernelWriter, c_literal, c_type, compute_type, dim_mul, dim_prod,
-    emitter, grid_1d, shape_of, unravel)
+    emitter, grid_1d, shape_of, unravel, vector_length)
 from tftrt_lite.engine import ir
 from tftrt_lite.engine.fused_ops import ELEMENTWISE_OPS, check_program, instruction_attrs
 from tftrt_lite.errors import UnsupportedOpError
@@ -195,10 +195,7 @@ def emit_elementwise(graph: ir.Graph, node: ir.Node, inputs: Sequence[str], outp
     c_dims = ["unused"] + [w.dim(d) for d in dims[1:]] if needs_coords else []
 
     # Vector width: 16 bytes per access when every input and output has one float width.
-    widths = {np.dtype(np.float32).itemsize if dt == "float32" else 2 if dt in ("float16", "bfloat16") else 0
-              for dt in list(in_dtypes.values()) + out_dtypes}
-    width = widths.pop() if len(widths) == 1 else 0
-    vec = 16 // width if width else 1
+    vec = vector_length(list(in_dtypes.values()) + out_dtypes)
     inner_ok = len(dims) <= 1 or (isinstance(dims[-1], int) and dims[-1] % vec == 0)
     vec = vec if inner_ok and dims else 1
 

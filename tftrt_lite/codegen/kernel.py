@@ -113,6 +113,14 @@ def compute_type(dtype: str, node: Optional[ir.Node] = None) -> str:
     return COMPUTE_TYPES.get(dtype) or c_type(dtype, node)
 
 
+def vector_length(dtypes) -> int:
+    """Elements per 16-byte access when every dtype is one float width (4 float32s or
+    8 halves), else 1 (mixed widths or non-float types run scalar)."""
+    widths = {4 if dt == "float32" else 2 if dt in COMPUTE_TYPES else 0 for dt in dtypes}
+    width = widths.pop() if len(widths) == 1 else 0
+    return 16 // width if width else 1
+
+
 def c_literal(value: Union[int, float, bool], dtype: str) -> str:
     """A C literal of ``dtype`` for ``value`` (handles inf/nan for floats)."""
     ct = compute_type(dtype)

@@ -112,7 +112,7 @@ class _Retyper:
             for k, t in enumerate(node.inputs):
                 if not t or k in flexible or g.tensor(t).dtype not in _FLOAT:
                     continue
-                node.inputs[k] = self._as(t, dtype or original[t], node, consumers)
+                node.inputs[k] = self._as(t, dtype or original[t], node, consumers, plan)
             if dtype is None:
                 continue
             for o in node.outputs:
@@ -144,7 +144,7 @@ class _Retyper:
             g.nodes.insert(g.nodes.index(p) + 1, cast)
             plan[cast.name] = None
 
-    def _as(self, t: str, dtype: str, reader: Node, consumers) -> str:
+    def _as(self, t: str, dtype: str, reader: Node, consumers, plan: Dict[str, Optional[str]]) -> str:
         """``t`` as ``dtype``: itself, a converted constant, or the output of a shared Cast."""
         g = self.g
         tensor = g.tensor(t)
@@ -152,7 +152,7 @@ class _Retyper:
             if tensor.dtype == dtype:
                 return t
             readers = consumers.get(t, [])
-            if all(self.node_dtype(r) == dtype or r.op in _FLEXIBLE_INPUTS for r in readers) \
+            if all(plan.get(r.name) == dtype or r.op in _FLEXIBLE_INPUTS for r in readers) \
                     and t not in g.outputs:
                 g.tensors[t] = Tensor(t, dtype, tensor.shape, saturate_cast(tensor.value, dtype))
                 return t

@@ -379,23 +379,22 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
           " and ", ctx->num_outputs());
       return;
     }
-    for (int i = 0; i < ctx->num_inputs(); ++i) {
-      if (PlanDType(ctx->input_type(i)) != executor->input_dtype(i)) {
-        executor_error_ = absl::StrCat("input ", i, " is ",
-                                       DataTypeString(ctx->input_type(i)),
-                                       " but the plan's input ", i,
-                                       " has dtype code ", executor->input_dtype(i));
-        return;
+    // The node's and the plan's dtypes, input by input and output by output.
+    auto dtypes_differ = [&](const char* kind, int count, auto node_type, auto plan_dtype) {
+      for (int i = 0; i < count; ++i) {
+        if (PlanDType(node_type(i)) != plan_dtype(i)) {
+          executor_error_ = absl::StrCat(kind, " ", i, " is ", DataTypeString(node_type(i)), " but the plan's ",
+                                         kind, " ", i, " has dtype code ", plan_dtype(i));
+          return true;
+        }
       }
-    }
-    for (int i = 0; i < ctx->num_outputs(); ++i) {
-      if (PlanDType(ctx->output_type(i)) != executor->output_dtype(i)) {
-        executor_error_ = absl::StrCat("output ", i, " is ",
-                                       DataTypeString(ctx->output_type(i)),
-                                       " but the plan's output ", i,
-                                       " has dtype code ", executor->output_dtype(i));
-        return;
-      }
+      return false;
+    };
+    if (dtypes_differ("input", ctx->num_inputs(), [&](int i) { return ctx->input_type(i); },
+                      [&](int i) { return executor->input_dtype(i); }) ||
+        dtypes_differ("output", ctx->num_outputs(), [&](int i) { return ctx->output_type(i); },
+                      [&](int i) { return executor->output_dtype(i); })) {
+      return;
     }
     executor_ = std::move(executor);
   }
