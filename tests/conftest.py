@@ -1,22 +1,7 @@
 """Test-wide setup: GPU tests skip cleanly on machines without a usable GPU."""
-import functools
-
 import pytest
 
-
-@functools.lru_cache(maxsize=None)
-def gpu_available() -> bool:
-    """True when a CUDA device can be used (by CuPy, or by TensorFlow)."""
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return True
-    except Exception:  # no driver, no device, or CuPy missing: ask TensorFlow
-        pass
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
+from gpu_check import gpu_available
 
 
 def pytest_collection_modifyitems(config, items):

@@ -146,15 +146,14 @@ def test_profile_times_every_step(harness):
 UNCAPTURED_CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
-    sys.path.insert(0, sys.argv[1])
     import cupy
-    from test_executor_gpu import Harness
+    from tftrt_lite.runtime.harness import Harness
 
     harness = Harness()
-    executor = harness.create(open(sys.argv[2], "rb").read())
-    x = cupy.asarray(np.load(sys.argv[3]))
+    executor = harness.create(open(sys.argv[1], "rb").read())
+    x = cupy.asarray(np.load(sys.argv[2]))
     outs = [cupy.asnumpy(executor.run([x], [np.float32])[0]) for _ in range(3)]
-    np.save(sys.argv[4], outs[-1])
+    np.save(sys.argv[3], outs[-1])
     print("RESULT " + json.dumps(harness.cuda_graph_counts()))
 """)
 
@@ -177,8 +176,7 @@ def test_env_switch_turns_capture_off_with_the_same_results(harness, tmp_path):
     assert _delta(harness.cuda_graph_counts(), before) == {"captured": 1, "replayed": 2, "uncapturable": 0}
 
     env = dict(os.environ, TFTRT_LITE_CUDA_GRAPHS="0")
-    proc = subprocess.run([sys.executable, "-c", UNCAPTURED_CHILD, os.path.dirname(os.path.abspath(__file__)),
-                           str(plan_path), str(x_path), str(out_path)],
+    proc = subprocess.run([sys.executable, "-c", UNCAPTURED_CHILD, str(plan_path), str(x_path), str(out_path)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

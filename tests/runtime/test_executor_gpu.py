@@ -8,7 +8,8 @@ the zoo models lowered the way the converter lowers them run on CuPy buffers, at
 Without a GPU the harness still loads (it opens no CUDA library until a run), which is
 where plan validation is checked. The harness also carries the executor's measuring
 entry points (per-step profile, end-to-end call timing) and its CUDA-graph counters,
-which ``test_cuda_graphs_gpu.py`` and ``benchmarks/profile_engine.py`` use.
+which ``test_cuda_graphs_gpu.py`` checks; its ctypes binding is
+``tftrt_lite.runtime.harness``, which ``tftrt_lite.profile`` uses too.
 """
 import ctypes
 import os
@@ -17,161 +18,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import tftrt_lite.runtime
 from tftrt_lite.engine import build_engine
 from tftrt_lite.engine.plan import (Activation, ConvStep, GemmStep, deserialize_plan, np_dtype,
                                     serialize_plan)
-
-HARNESS_PATH = os.path.join(os.path.dirname(os.path.abspath(tftrt_lite.runtime.__file__)), "_tftrt_lite_executor.so")
-MAX_RANK = 8
-ALLOC_FN = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64)
-# tftrt_lite::Status codes
-INVALID_PLAN, UNAVAILABLE, OUT_OF_PROFILE = 1, 2, 3
-
-
-class ExecutorError(RuntimeError):
-    def __init__(self, code, message):
-        super().__init__(f"[status {code}] {message}")
-        self.code = code
-        self.message = message
-
-
-class Harness:
-    """ctypes binding of harness.cc."""
-
-    def __init__(self, path=HARNESS_PATH):
-        lib = ctypes.CDLL(path)
-        lib.tftrt_lite_executor_create.restype = ctypes.c_void_p
-        lib.tftrt_lite_executor_create.argtypes = [ctypes.c_char_p, ctypes.c_uint64]
-        lib.tftrt_lite_executor_create_with_options.restype = ctypes.c_void_p
-        lib.tftrt_lite_executor_create_with_options.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_int]
-        lib.tftrt_lite_executor_destroy.restype = None
-        lib.tftrt_lite_executor_destroy.argtypes = [ctypes.c_void_p]
-        lib.tftrt_lite_executor_last_error.restype = ctypes.c_char_p
-        lib.tftrt_lite_executor_last_error_code.restype = ctypes.c_int
-        for fn in (lib.tftrt_lite_executor_num_inputs, lib.tftrt_lite_executor_num_outputs,
-                   lib.tftrt_lite_executor_num_steps):
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p]
-        inputs = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64),
-                  ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ALLOC_FN, ctypes.c_void_p]
-        lib.tftrt_lite_executor_run.restype = ctypes.c_int
-        lib.tftrt_lite_executor_run.argtypes = inputs + [
-            ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64),
-            ctypes.c_int]
-        lib.tftrt_lite_executor_profile.restype = ctypes.c_int
-        lib.tftrt_lite_executor_profile.argtypes = inputs + [ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
-        lib.tftrt_lite_executor_time_calls.restype = ctypes.c_int
-        lib.tftrt_lite_executor_time_calls.argtypes = inputs + [ctypes.c_int, ctypes.c_int,
-                                                                ctypes.POINTER(ctypes.c_double)]
-        lib.tftrt_lite_cuda_graph_counts.restype = None
-        lib.tftrt_lite_cuda_graph_counts.argtypes = [ctypes.POINTER(ctypes.c_int64)] * 3
-        self.lib = lib
-
-    def _error(self):
-        return ExecutorError(self.lib.tftrt_lite_executor_last_error_code(),
-                             self.lib.tftrt_lite_executor_last_error().decode())
-
-    def create(self, plan_bytes, max_cached_shapes=None):
-        """An executor of ``plan_bytes``; ``max_cached_shapes`` overrides the default
-        number of shapes with a CUDA graph (0: none)."""
-        if max_cached_shapes is None:
-            handle = self.lib.tftrt_lite_executor_create(plan_bytes, len(plan_bytes))
-        else:
-            handle = self.lib.tftrt_lite_executor_create_with_options(plan_bytes, len(plan_bytes),
-                                                                      max_cached_shapes)
-        if not handle:
-            raise self._error()
-        return Executor(self, handle)
-
-    def cuda_graph_counts(self):
-        """Process-wide ``{"captured", "replayed", "uncapturable"}`` counts of the executor's CUDA graphs."""
-        values = [ctypes.c_int64() for _ in range(3)]
-        self.lib.tftrt_lite_cuda_graph_counts(*[ctypes.byref(v) for v in values])
-        return dict(zip(("captured", "replayed", "uncapturable"), (v.value for v in values)))
-
-
-class Executor:
-    def __init__(self, harness, handle):
-        self.harness = harness
-        self.handle = handle
-        self.num_inputs = harness.lib.tftrt_lite_executor_num_inputs(handle)
-        self.num_outputs = harness.lib.tftrt_lite_executor_num_outputs(handle)
-        self.num_steps = harness.lib.tftrt_lite_executor_num_steps(handle)
-
-    def __del__(self):
-        self.harness.lib.tftrt_lite_executor_destroy(self.handle)
-
-    @staticmethod
-    def _call_args(inputs, stream):
-        """The leading arguments every harness call takes, and the CuPy blocks the
-        allocator callback hands out (they must outlive the call's GPU work)."""
-        import cupy
-
-        blocks = {}
-
-        def allocate(_, nbytes):
-            block = cupy.empty(max(int(nbytes), 1), dtype=cupy.uint8)
-            blocks[block.data.ptr] = block
-            return block.data.ptr
-
-        arrays = [cupy.ascontiguousarray(a) for a in inputs]
-        n_in = len(arrays)
-        ptrs = (ctypes.c_uint64 * max(n_in, 1))(*[a.data.ptr for a in arrays])
-        ranks = (ctypes.c_int32 * max(n_in, 1))(*[a.ndim for a in arrays])
-        dims = [d for a in arrays for d in a.shape]
-        dims_arr = (ctypes.c_int64 * max(len(dims), 1))(*dims)
-        args = [ctypes.c_void_p(stream.ptr), n_in, ptrs, ranks, dims_arr, ALLOC_FN(allocate), None]
-        return args, blocks, arrays
-
-    def run(self, inputs, output_dtypes, stream=None):
-        """Run on CuPy arrays ``inputs`` on ``stream`` (a CuPy stream); returns CuPy outputs."""
-        import cupy
-
-        stream = stream or cupy.cuda.get_current_stream()
-        args, blocks, _arrays = self._call_args(inputs, stream)
-        n_out = self.num_outputs
-        out_ptrs = (ctypes.c_uint64 * n_out)()
-        out_ranks = (ctypes.c_int32 * n_out)()
-        out_dims = (ctypes.c_int64 * (n_out * MAX_RANK))()
-        code = self.harness.lib.tftrt_lite_executor_run(self.handle, *args, out_ptrs, out_ranks, out_dims, MAX_RANK)
-        if code != 0:
-            raise self.harness._error()
-        stream.synchronize()
-        outputs = []
-        for j in range(n_out):
-            shape = tuple(out_dims[j * MAX_RANK + d] for d in range(out_ranks[j]))
-            dtype = np.dtype(output_dtypes[j])
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            block = blocks[out_ptrs[j]] if nbytes else cupy.empty(1, cupy.uint8)
-            outputs.append(block[:nbytes].view(dtype).reshape(shape))
-        return outputs
-
-    def profile(self, inputs, repeats, stream=None):
-        """Median microseconds of every plan step over ``repeats`` uncaptured runs."""
-        import cupy
-
-        stream = stream or cupy.cuda.get_current_stream()
-        args, _blocks, _arrays = self._call_args(inputs, stream)
-        step_us = (ctypes.c_double * max(self.num_steps, 1))()
-        code = self.harness.lib.tftrt_lite_executor_profile(self.handle, *args, repeats, step_us)
-        stream.synchronize()
-        if code != 0:
-            raise self.harness._error()
-        return list(step_us[:self.num_steps])
-
-    def time_calls(self, inputs, warmup, iters, stream=None):
-        """Milliseconds per call of ``iters`` back-to-back calls after ``warmup`` calls."""
-        import cupy
-
-        stream = stream or cupy.cuda.get_current_stream()
-        args, _blocks, _arrays = self._call_args(inputs, stream)
-        ms = ctypes.c_double()
-        code = self.harness.lib.tftrt_lite_executor_time_calls(self.handle, *args, warmup, iters, ctypes.byref(ms))
-        stream.synchronize()
-        if code != 0:
-            raise self.harness._error()
-        return ms.value
+from tftrt_lite.runtime.harness import (ALLOC_FN, HARNESS_PATH, INVALID_PLAN, MAX_RANK,
+                                        OUT_OF_PROFILE, UNAVAILABLE, ExecutorError, Harness)
 
 
 def _gpu_available():
@@ -243,23 +94,31 @@ def conv_residual_depthwise_nhwc(rng):
     return _model("conv_residual_dw", nodes, [_vi("x", ["N", 6, 6, 8])], [_vi("y", ["N", 6, 6, 4])], inits)
 
 
+def tanh_gelu(x, y):
+    """ONNX nodes of ``y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`` (the form the GEMM fusion
+    turns into a cuBLASLt GELU epilogue) and the constants they read."""
+    nodes = [helper.make_node("Mul", [x, x], [f"{y}.x2"]),
+             helper.make_node("Mul", [f"{y}.x2", x], [f"{y}.x3"]),
+             helper.make_node("Mul", [f"{y}.x3", "gelu_k"], [f"{y}.kx3"]),
+             helper.make_node("Add", [x, f"{y}.kx3"], [f"{y}.inner"]),
+             helper.make_node("Mul", [f"{y}.inner", "gelu_c"], [f"{y}.scaled"]),
+             helper.make_node("Tanh", [f"{y}.scaled"], [f"{y}.t"]),
+             helper.make_node("Add", [f"{y}.t", "gelu_one"], [f"{y}.t1"]),
+             helper.make_node("Mul", [x, "gelu_half"], [f"{y}.half"]),
+             helper.make_node("Mul", [f"{y}.half", f"{y}.t1"], [y])]
+    consts = {"gelu_k": np.array(0.044715, np.float32), "gelu_c": np.array(np.sqrt(2 / np.pi), np.float32),
+              "gelu_one": np.array(1, np.float32), "gelu_half": np.array(0.5, np.float32)}
+    return nodes, consts
+
+
 def gemm_bias_gelu(rng):
     """Dense + tanh-form GELU (a cuBLASLt GELU_BIAS epilogue), then Gemm with transB and C."""
-    c = np.float32(np.sqrt(2 / np.pi))
+    gelu, consts = tanh_gelu("hb", "gelu")
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
              helper.make_node("Add", ["h", "b1"], ["hb"]),
-             helper.make_node("Mul", ["hb", "hb"], ["h2"]),
-             helper.make_node("Mul", ["h2", "hb"], ["h3"]),
-             helper.make_node("Mul", ["h3", "k"], ["h3k"]),
-             helper.make_node("Add", ["hb", "h3k"], ["inner"]),
-             helper.make_node("Mul", ["inner", "c"], ["ic"]),
-             helper.make_node("Tanh", ["ic"], ["t"]),
-             helper.make_node("Add", ["t", "one"], ["t1"]),
-             helper.make_node("Mul", ["hb", "half"], ["hh"]),
-             helper.make_node("Mul", ["hh", "t1"], ["gelu"]),
+             *gelu,
              helper.make_node("Gemm", ["gelu", "w2", "b2"], ["y"], transB=1)]
-    inits = {"w1": _f32(rng, 16, 32, scale=0.3), "b1": _f32(rng, 32), "k": np.array(0.044715, np.float32),
-             "c": np.array(c, np.float32), "one": np.array(1, np.float32), "half": np.array(0.5, np.float32),
+    inits = {"w1": _f32(rng, 16, 32, scale=0.3), "b1": _f32(rng, 32), **consts,
              "w2": _f32(rng, 12, 32, scale=0.3), "b2": _f32(rng, 12)}
     return _model("gemm_gelu", nodes, [_vi("x", ["N", 16])], [_vi("y", ["N", 12])], inits)
 

@@ -23,10 +23,10 @@ import json
 import math
 import os
 import types
-import uuid
 from typing import Any, Dict, Mapping, Union
 
 from tftrt_lite.errors import TftrtLiteError
+from tftrt_lite.fileutil import write_atomically
 
 FORMAT = "tftrt_lite.calibration_table"
 FORMAT_VERSION = 1
@@ -143,21 +143,7 @@ class CalibrationTable:
         never a partial table, and a failed write leaves ``path`` as it was and no temporary
         file behind.
         """
-        path = os.fspath(path)
-        payload = self.to_bytes()
-        directory, base = os.path.split(os.path.abspath(path))
-        tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like open()
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "CalibrationTable":

@@ -16,9 +16,10 @@ import hashlib
 import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
+
+from tftrt_lite.fileutil import write_atomically
 
 #: Options every kernel is compiled with. No ``--use_fast_math``: fp32 engines must match
 #: the reference executor to 1e-5, and fast-math's approximate exp/div/sqrt do not.
@@ -104,15 +105,7 @@ def _write_entry(path: str, kernel: CompiledKernel) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     blob = _CACHE_MAGIC + struct.pack("<Q", len(kernel.cubin)) + kernel.cubin + kernel.ptx.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".entry")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, blob, durable=False)
 
 
 def _compile_uncached(source: str, name: str, arch: str, options: Sequence[str]) -> CompiledKernel:
