@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CC_DIR = os.path.join("tftrt_lite", "runtime", "cc")
 OP_LIBRARY = "tftrt_lite.runtime._tftrt_lite_ops"
 EXECUTOR_LIBRARY = "tftrt_lite.runtime._tftrt_lite_executor"
-EXECUTOR_SOURCES = [os.path.join(CC_DIR, f) for f in ("executor.cc", "cuda_api.cc")]
+EXECUTOR_SOURCES = [os.path.join(CC_DIR, f) for f in ("executor.cc", "tactics.cc", "cuda_api.cc")]
 HARNESS_SOURCE = os.path.join(CC_DIR, "harness.cc")
 #: header folders under TensorFlow's include dir: cuda.h (cuda_cudart, which needs
 #: cuda_nvcc's crt/ and cccl's nv/target), cublasLt.h, cudnn.h

@@ -306,3 +306,61 @@ def test_gpu_fallback_reasons_and_parity(monkeypatch):
     assert counts["fallback_no_executor"] == 2, counts
     assert counts["fallback_shape_mismatch"] == 1, counts
     assert counts["fallback_no_gpu"] == 0, counts
+
+
+# --------------------------------------------------------------------------- tactics attr
+TACTIC_LINES = ("# tftrt_lite tactic cache v1\n"
+                "conv Some_GPU:sm_90:132sm 90300 1,64,58,58 1 0\n"
+                "a line this runtime cannot read\n")
+
+
+def test_tactics_attr_defaults_to_empty():
+    from tensorflow.python.framework import op_def_registry
+
+    attrs = {a.name: a for a in op_def_registry.get("TftrtLiteEngine").attr}
+    assert attrs["tactics"].type == "string"
+    assert attrs["tactics"].default_value.s == b""
+
+
+def test_node_written_without_tactics_attr_loads_and_falls_back():
+    """A model converted before the attr existed: its nodes lack it and get the default."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.device("/CPU:0"):
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        z = tf.compat.v1.placeholder(tf.float32, [None, 2], name="z")
+        engine(x, z, engine_name="engine_old")
+    graph_def = graph.as_graph_def()
+    node = next(n for n in graph_def.node if n.op == "TftrtLiteEngine")
+    del node.attr["tactics"]
+    old = tf.Graph()
+    with old.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    x_value, z_value = random_inputs(3)
+    with tf.compat.v1.Session(graph=old) as session:
+        got = session.run([f"{node.name}:0", f"{node.name}:1"], {"x:0": x_value, "z:0": z_value})
+    for value, want in zip(got, expected(x_value, z_value)):
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5)
+
+
+def test_node_with_tactics_runs_and_saves_them(tmp_path):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, 2], tf.float32)])
+    def tuned(x, z):
+        with tf.device("/CPU:0"):
+            SEGMENT.add_to_graph()
+            return oplib.load().tftrt_lite_engine(
+                in_tensors=[x, z], OutT=[tf.float32, tf.float32], input_shapes=[(None, 4), (None, 2)],
+                output_shapes=[(None, 3), (None,)], serialized_plan=b"\x00plan bytes\xff", plan_format_version=1,
+                segment_func=SEGMENT.name, engine_name="engine_tuned", precision_mode="FP32",
+                tactics=TACTIC_LINES)
+
+    module = tf.Module()
+    module.run = tuned
+    tf.saved_model.save(module, str(tmp_path / "model"))
+    x, z = random_inputs(5)
+    assert_matches_segment(tf.saved_model.load(str(tmp_path / "model")).run(x, z), x, z)
+    from tftrt_lite.load.proto import read_saved_model_proto
+
+    proto = read_saved_model_proto(str(tmp_path / "model"))
+    nodes = [n for f in proto.meta_graphs[0].graph_def.library.function for n in f.node_def
+             if n.op == "TftrtLiteEngine"]
+    assert [n.attr["tactics"].s.decode() for n in nodes] == [TACTIC_LINES]

@@ -39,6 +39,7 @@ class EngineSpec:
     plan_format_version: int
     precision_mode: str
     max_cached_shapes: int = 1     # input-shape sets whose launches are captured as CUDA graphs
+    tactics: str = ""              # tactic cache lines measured for this engine (runtime/cc/tactics.h)
 
 
 def _split(tensor: str) -> Tuple[str, int]:
@@ -97,6 +98,8 @@ def _engine_node(spec: EngineSpec, control_inputs: Sequence[str], segment_func) 
     node.attr["engine_name"].s = spec.name.encode()
     node.attr["precision_mode"].s = spec.precision_mode.encode()
     node.attr["max_cached_shapes"].i = spec.max_cached_shapes
+    if spec.tactics:  # absent otherwise, so the node stays readable by runtimes without the attr
+        node.attr["tactics"].s = spec.tactics.encode()
     node.attr["segment_func"].func.CopyFrom(segment_func)
     return node
 

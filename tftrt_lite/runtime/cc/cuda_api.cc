@@ -36,6 +36,12 @@ bool Resolve(void* handle, const char* symbol, const char* library, Fn* fn, std:
   return true;
 }
 
+// An optional entry point: null when the library lacks it (its users check).
+template <typename Fn>
+void ResolveOptional(void* handle, const char* symbol, Fn* fn) {
+  *fn = reinterpret_cast<Fn>(dlsym(handle, symbol));
+}
+
 // A function table loaded once; the outcome (table or error) is kept for later calls.
 template <typename Api>
 struct Loaded {
@@ -47,12 +53,14 @@ struct Loaded {
 
 #define TFTRT_LITE_RESOLVE(member, symbol) \
   if (!Resolve(handle, #symbol, library, &api->member, error)) return false;
+#define TFTRT_LITE_RESOLVE_OPTIONAL(member, symbol) ResolveOptional(handle, #symbol, &api->member);
 
 bool LoadDriver(DriverApi* api, std::string* error) {
   const char* library = "libcuda.so.1";
   void* handle = OpenLibrary({library}, error);
   if (handle == nullptr) return false;
   TFTRT_LITE_DRIVER_FUNCTIONS(TFTRT_LITE_RESOLVE)
+  TFTRT_LITE_DRIVER_OPTIONAL_FUNCTIONS(TFTRT_LITE_RESOLVE_OPTIONAL)
   CUresult result = api->Init(0);
   if (result != CUDA_SUCCESS) {
     *error = "cuInit failed: " + DriverErrorString(*api, result);
@@ -66,6 +74,7 @@ bool LoadCublasLt(CublasLtApi* api, std::string* error) {
   if (handle == nullptr) return false;
   const char* library = "libcublasLt";
   TFTRT_LITE_CUBLASLT_FUNCTIONS(TFTRT_LITE_RESOLVE)
+  TFTRT_LITE_CUBLASLT_OPTIONAL_FUNCTIONS(TFTRT_LITE_RESOLVE_OPTIONAL)
   return true;
 }
 
@@ -74,10 +83,12 @@ bool LoadCudnn(CudnnApi* api, std::string* error) {
   void* handle = OpenLibrary({library}, error);
   if (handle == nullptr) return false;
   TFTRT_LITE_CUDNN_FUNCTIONS(TFTRT_LITE_RESOLVE)
+  TFTRT_LITE_CUDNN_OPTIONAL_FUNCTIONS(TFTRT_LITE_RESOLVE_OPTIONAL)
   return true;
 }
 
 #undef TFTRT_LITE_RESOLVE
+#undef TFTRT_LITE_RESOLVE_OPTIONAL
 
 template <typename Api>
 const Api* Get(Loaded<Api>* loaded, bool (*load)(Api*, std::string*), std::string* error) {

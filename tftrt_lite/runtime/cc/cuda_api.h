@@ -60,6 +60,13 @@ namespace cuda {
   X(GraphExecDestroy, cuGraphExecDestroy)                \
   X(GraphDestroy, cuGraphDestroy)
 
+// Entry points that only tactic timing uses (tactics.h): resolved when the library has
+// them and left null otherwise, so a library without one still runs engines, untuned.
+#define TFTRT_LITE_DRIVER_OPTIONAL_FUNCTIONS(X)          \
+  X(DeviceGetName, cuDeviceGetName)                      \
+  X(MemcpyHtoDAsync, cuMemcpyHtoDAsync_v2)               \
+  X(MemcpyDtoHAsync, cuMemcpyDtoHAsync_v2)
+
 #define TFTRT_LITE_CUBLASLT_FUNCTIONS(X)                                 \
   X(Create, cublasLtCreate)                                              \
   X(Destroy, cublasLtDestroy)                                            \
@@ -75,6 +82,13 @@ namespace cuda {
   X(MatmulPreferenceSetAttribute, cublasLtMatmulPreferenceSetAttribute)  \
   X(MatmulAlgoGetHeuristic, cublasLtMatmulAlgoGetHeuristic)              \
   X(Matmul, cublasLtMatmul)
+
+#define TFTRT_LITE_CUBLASLT_OPTIONAL_FUNCTIONS(X)                              \
+  X(GetVersion, cublasLtGetVersion)                                            \
+  X(MatmulAlgoCheck, cublasLtMatmulAlgoCheck)                                  \
+  X(MatmulAlgoCapGetAttribute, cublasLtMatmulAlgoCapGetAttribute)              \
+  X(MatmulAlgoConfigGetAttribute, cublasLtMatmulAlgoConfigGetAttribute)        \
+  X(MatmulAlgoConfigSetAttribute, cublasLtMatmulAlgoConfigSetAttribute)
 
 #define TFTRT_LITE_CUDNN_FUNCTIONS(X)                                          \
   X(Create, cudnnCreate)                                                       \
@@ -102,24 +116,30 @@ namespace cuda {
   X(ActivationForward, cudnnActivationForward)                                 \
   X(AddTensor, cudnnAddTensor)
 
+#define TFTRT_LITE_CUDNN_OPTIONAL_FUNCTIONS(X) \
+  X(GetVersion, cudnnGetVersion)
+
 #define TFTRT_LITE_DECLARE_MEMBER(member, symbol) decltype(&::symbol) member = nullptr;
 
 struct DriverApi {
   TFTRT_LITE_DRIVER_FUNCTIONS(TFTRT_LITE_DECLARE_MEMBER)
+  TFTRT_LITE_DRIVER_OPTIONAL_FUNCTIONS(TFTRT_LITE_DECLARE_MEMBER)
 };
 struct CublasLtApi {
   TFTRT_LITE_CUBLASLT_FUNCTIONS(TFTRT_LITE_DECLARE_MEMBER)
+  TFTRT_LITE_CUBLASLT_OPTIONAL_FUNCTIONS(TFTRT_LITE_DECLARE_MEMBER)
 };
 struct CudnnApi {
   TFTRT_LITE_CUDNN_FUNCTIONS(TFTRT_LITE_DECLARE_MEMBER)
+  TFTRT_LITE_CUDNN_OPTIONAL_FUNCTIONS(TFTRT_LITE_DECLARE_MEMBER)
 };
 
 #undef TFTRT_LITE_DECLARE_MEMBER
 
 // Each returns the process-wide function table, loading its library on the first
-// call. On failure (library absent, symbol missing, cuInit failing) it returns nullptr
-// and sets `*error`; the failure is remembered, so later calls fail the same way
-// without retrying the dlopen.
+// call. On failure (library absent, required symbol missing, cuInit failing) it returns
+// nullptr and sets `*error`; the failure is remembered, so later calls fail the same
+// way without retrying the dlopen.
 const DriverApi* Driver(std::string* error);
 const CublasLtApi* CublasLt(std::string* error);
 const CudnnApi* Cudnn(std::string* error);

@@ -21,6 +21,7 @@
 #include "executor.h"
 #include "plan_format.h"
 #include "stats.h"
+#include "tactics.h"
 #include "tensorflow/core/framework/function.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -113,6 +114,7 @@ REGISTER_OP("TftrtLiteEngine")
     .Attr("engine_name: string")
     .Attr("precision_mode: string")
     .Attr("max_cached_shapes: int >= 0 = 1")
+    .Attr("tactics: string = ''")
     .SetShapeFn(tftrt_lite::EngineShapeFn)
     .Doc(R"doc(
 A fused GPU engine built by tftrt_lite from one segment of a TensorFlow graph.
@@ -129,6 +131,9 @@ engine_name: the engine's name in conversion reports and errors.
 precision_mode: FP32, FP16, BF16 or INT8.
 max_cached_shapes: how many input-shape sets get a captured CUDA graph (TF-TRT's
   maximum_cached_engines); other shapes run uncaptured, and 0 turns capture off.
+tactics: tactic cache lines (runtime/cc/tactics.h) measured for this engine, merged
+  into the process's tactics when the kernel is created; each is checked against the
+  device's libraries before use. Empty when the model carries none.
 )doc");
 
 namespace tftrt_lite {
@@ -358,6 +363,8 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("plan_format_version", &version));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("max_cached_shapes", &options.max_cached_shapes));
     options.label = Label();
+    options.engine_name = engine_name_;
+    MergeTactics(ctx);
     if (version != plan::kFormatVersion) {
       executor_error_ = absl::StrCat(
           "plan_format_version ", version, " is not the version this runtime reads (",
@@ -397,6 +404,20 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
       return;
     }
     executor_ = std::move(executor);
+  }
+
+  // Seeds the process's tactics with the winners the node carries. Nodes written before
+  // the attr existed have none; lines this runtime cannot read are skipped (tactics only
+  // save time, so nothing about them may fail the kernel).
+  void MergeTactics(OpKernelConstruction* ctx) {
+    std::string text;
+    if (!ctx->HasAttr("tactics") || !ctx->GetAttr("tactics", &text).ok()) return;
+    int malformed = 0;
+    tactics::AddText(text, &malformed);
+    if (malformed > 0) {
+      LOG(WARNING) << Label() << ": skipped " << malformed << " tactic line(s) of its `tactics` attr that this "
+                   << "runtime cannot read; those problems are timed or use the library's first choice";
+    }
   }
 
   // Runs the plan on this kernel's CUDA stream. Nothing is synchronised: the outputs

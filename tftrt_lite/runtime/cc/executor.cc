@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "cuda_api.h"
+#include "tactics.h"
 
 namespace tftrt_lite {
 
@@ -18,10 +19,6 @@ using cuda::DriverApi;
 
 namespace {
 
-// Largest workspace offered to cuBLASLt's heuristic and to cuDNN's algorithm choice:
-// big enough for their fast kernels, small next to a model's activations.
-constexpr uint64_t kMaxGemmWorkspace = uint64_t(32) << 20;
-constexpr uint64_t kMaxConvWorkspace = uint64_t(256) << 20;
 constexpr uint64_t kAlignment = 256;
 constexpr unsigned kDefaultMaxSharedMemory = 48 << 10;
 
@@ -172,16 +169,6 @@ cudnnDataType_t DnnType(uint32_t dtype) {
   return dtype == plan::kFloat16 ? CUDNN_DATA_HALF : dtype == plan::kBFloat16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
 }
 
-// Whether GEMM algorithms are chosen by timing cuBLASLt's candidates on the first call of
-// a shape (yes unless TFTRT_LITE_GEMM_TUNING=0; read once per process).
-bool GemmTuningEnabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("TFTRT_LITE_GEMM_TUNING");
-    return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "false") == 0));
-  }();
-  return enabled;
-}
-
 bool CudaGraphsEnabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("TFTRT_LITE_CUDA_GRAPHS");
@@ -205,6 +192,8 @@ struct Executor::DeviceState {
   const CudnnApi* dnn_api = nullptr;
   CUcontext context = nullptr;
   std::string arch;
+  std::string device_id;    // the GPU as tactic cache lines name it (tactics.h)
+  std::string engine_name;  // files this engine's tactics in the process's store
   std::vector<CUmodule> modules;
   std::vector<CUfunction> functions;
   CUdeviceptr weights = 0;
@@ -215,9 +204,11 @@ struct Executor::DeviceState {
   std::mutex cache_mu;
   std::map<CacheKey, std::unique_ptr<GemmEntry>> gemms;
   std::map<CacheKey, std::unique_ptr<ConvEntry>> convs;
-  // Timed cuBLASLt choices by GEMM problem (shape, layouts, types, epilogue, alignment):
-  // identical GEMMs of different steps (every transformer layer) are timed once.
-  std::map<std::vector<int64_t>, std::pair<cublasLtMatmulAlgo_t, uint64_t>> tuned_gemms;
+  // Chosen algorithms by GEMM problem (shape, layouts, types, epilogue, alignment) and by
+  // convolution problem: identical problems of different steps (every transformer layer)
+  // are chosen once (tactics.h: timed, or taken from the tactic cache).
+  std::map<std::vector<int64_t>, tactics::GemmAlgo> tuned_gemms;
+  std::map<std::vector<int64_t>, tactics::ConvAlgo> tuned_convs;
   std::mutex graphs_mu;
   std::map<std::vector<int64_t>, std::unique_ptr<ShapeGraph>> graphs;  // by symbol values
 
@@ -383,6 +374,8 @@ Status Executor::LoadDeviceState(CUcontext context, DeviceState** out) {
   if (r != CUDA_SUCCESS) return unavailable("cannot query the current CUDA device: " + cuda::DriverErrorString(*drv, r));
   const int device_arch = major * 10 + minor;
   st->arch = "sm_" + std::to_string(device_arch);
+  st->device_id = tactics::DeviceId(*drv, device, st->arch);
+  st->engine_name = options_.engine_name;
   // From here on the destructor cleans up whatever was created.
   st->driver = drv;
 
@@ -467,70 +460,17 @@ Status Executor::LoadDeviceState(CUcontext context, DeviceState** out) {
 // --------------------------------------------------------------------------- GEMM
 namespace {
 
-// The cached cuBLASLt descriptors and algorithm of GEMM `step` at evaluated `ev`.
-// Times `candidates` for GEMM step `g` on scratch operands in a private stream and returns
-// the index of the fastest (-1 when none could be timed, e.g. no memory left beside TF's
-// allocator). The operands hold zeros: tensor-core GEMM time does not depend on values.
-int FastestGemmCandidate(Executor::DeviceState& st, const plan::GemmStep& g, const std::vector<int64_t>& ev,
-                         const GemmEntry& e, const cublasLtMatmulHeuristicResult_t* candidates, int count) {
-  const DriverApi& drv = *st.driver;
-  const CublasLtApi& lt = *st.lt_api;
-  const uint64_t elem = plan::DTypeSize(g.epilogue.dtype);
-  const int64_t m = ev[g.m], n = ev[g.n], k = ev[g.k], batch = ev[g.batch];
-  const uint64_t a_bytes = elem * (uint64_t(ev[g.stride_a]) * (batch - 1) + (g.trans_a ? k : m) * ev[g.lda]);
-  const uint64_t b_bytes = elem * (uint64_t(ev[g.stride_b]) * (batch - 1) + (g.trans_b ? n : k) * ev[g.ldb]);
-  const uint64_t d_bytes = elem * (uint64_t(ev[g.stride_d]) * (batch - 1) + m * ev[g.ldd]);
-  uint64_t workspace = 0;
-  for (int i = 0; i < count; ++i) workspace = std::max<uint64_t>(workspace, candidates[i].workspaceSize);
-  const uint64_t offsets[] = {0, AlignUp(a_bytes), AlignUp(a_bytes) + AlignUp(b_bytes),
-                              AlignUp(a_bytes) + AlignUp(b_bytes) + AlignUp(d_bytes)};
-  const uint64_t bias_bytes = AlignUp(elem * n);
-  const uint64_t total = offsets[3] + bias_bytes + AlignUp(workspace);
-  CUdeviceptr scratch = 0;
-  CUstream stream = nullptr;
-  CUevent start = nullptr, stop = nullptr;
-  int best = -1;
-  float best_ms = 0.0f;
-  if (drv.MemAlloc(&scratch, total) == CUDA_SUCCESS && drv.StreamCreate(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS &&
-      drv.EventCreate(&start, CU_EVENT_DEFAULT) == CUDA_SUCCESS && drv.EventCreate(&stop, CU_EVENT_DEFAULT) == CUDA_SUCCESS &&
-      drv.MemsetD8Async(scratch, 0, total, stream) == CUDA_SUCCESS) {
-    const void* a = reinterpret_cast<const void*>(scratch + offsets[0]);
-    const void* b = reinterpret_cast<const void*>(scratch + offsets[1]);
-    void* d = reinterpret_cast<void*>(scratch + offsets[2]);
-    const void* bias = reinterpret_cast<const void*>(scratch + offsets[3]);
-    void* ws = reinterpret_cast<void*>(scratch + offsets[3] + bias_bytes);
-    const float alpha = g.epilogue.alpha, beta = g.c != plan::kNoBuffer ? g.epilogue.beta : 0.0f;
-    if (g.bias != plan::kNoBuffer) {
-      lt.MatmulDescSetAttribute(e.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
-    }
-    constexpr int kRuns = 5;
-    for (int i = 0; i < count; ++i) {
-      auto run = [&] {
-        return lt.Matmul(st.lt, e.desc, &alpha, b, e.a, a, e.b, &beta, d, e.d, d, e.d, &candidates[i].algo, ws,
-                         candidates[i].workspaceSize, stream);
-      };
-      if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up; a refused candidate is skipped
-      bool ok = drv.EventRecord(start, stream) == CUDA_SUCCESS;
-      for (int r = 0; ok && r < kRuns; ++r) ok = run() == CUBLAS_STATUS_SUCCESS;
-      float ms = 0.0f;
-      ok = ok && drv.EventRecord(stop, stream) == CUDA_SUCCESS && drv.EventSynchronize(stop) == CUDA_SUCCESS &&
-           drv.EventElapsedTime(&ms, start, stop) == CUDA_SUCCESS;
-      if (ok && (best < 0 || ms < best_ms)) {
-        best = i;
-        best_ms = ms;
-      }
-    }
-  }
-  if (stream) drv.StreamSynchronize(stream);
-  if (start) drv.EventDestroy(start);
-  if (stop) drv.EventDestroy(stop);
-  if (stream) drv.StreamDestroy(stream);
-  if (scratch) drv.MemFree(scratch);
-  return best;
+// The bytes GEMM operand spans: `rows` rows of leading dimension `ld` per batch entry,
+// `stride` elements apart.
+uint64_t OperandBytes(uint64_t elem, int64_t batch, int64_t stride, int64_t rows, int64_t ld) {
+  return elem * (uint64_t(stride) * (batch - 1) + uint64_t(rows) * ld);
 }
 
+// The cuBLASLt descriptors and algorithm of GEMM step `index` at evaluated `ev`; timing
+// candidates (tactics.h) takes its memory from `scratch`.
 Status MakeGemmEntry(Executor::DeviceState& st, const plan::Plan& p, size_t index,
-                     const std::vector<int64_t>& ev, uint32_t alignment, GemmEntry* e) {
+                     const std::vector<int64_t>& ev, uint32_t alignment, const tactics::Scratch& scratch,
+                     GemmEntry* e) {
   const CublasLtApi& lt = *st.lt_api;
   const plan::GemmStep& g = p.steps[index].gemm;
   const std::string label = StepLabel(p, index);
@@ -589,7 +529,7 @@ Status MakeGemmEntry(Executor::DeviceState& st, const plan::Plan& p, size_t inde
   }
   cublasLtMatmulPreference_t pref = nullptr;
   TFTRT_LITE_LT(lt.MatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-  const uint64_t max_workspace = kMaxGemmWorkspace;
+  const uint64_t max_workspace = tactics::kMaxGemmWorkspace;
   s = lt.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_workspace,
                                       sizeof(max_workspace));
   for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
@@ -598,12 +538,12 @@ Status MakeGemmEntry(Executor::DeviceState& st, const plan::Plan& p, size_t inde
   }
   // cuBLASLt's first heuristic choice is often not its fastest for the small-M GEMMs of
   // low-batch inference; its top candidates are timed once per distinct problem.
-  constexpr int kCandidates = 8;
-  cublasLtMatmulHeuristicResult_t results[kCandidates];
+  cublasLtMatmulHeuristicResult_t results[tactics::kHeuristicCandidates];
   int found = 0;
   if (s == CUBLAS_STATUS_SUCCESS) {
     s = lt.MatmulAlgoGetHeuristic(st.lt, e->desc, e->a, e->b, e->d, e->d, pref,
-                                  GemmTuningEnabled() ? kCandidates : 1, results, &found);
+                                  tactics::GemmTimingEnabled() ? tactics::kHeuristicCandidates : 1, results,
+                                  &found);
   }
   lt.MatmulPreferenceDestroy(pref);
   TFTRT_LITE_LT(s, "cublasLtMatmulAlgoGetHeuristic");
@@ -612,28 +552,44 @@ Status MakeGemmEntry(Executor::DeviceState& st, const plan::Plan& p, size_t inde
     return ExecError(label + ": cuBLASLt has no algorithm for m=" + std::to_string(m) + " n=" + std::to_string(n) +
                      " k=" + std::to_string(k) + " batch=" + std::to_string(batch));
   }
-  e->algo = results[0].algo;
-  e->workspace = results[0].workspaceSize;
-  if (found > 1) {
-    const std::vector<int64_t> problem = {m, n, k, batch, ev[g.lda], ev[g.ldb], ev[g.ldd], ev[g.stride_a],
-                                          ev[g.stride_b], ev[g.stride_d], g.trans_a, g.trans_b, g.epilogue.dtype,
-                                          static_cast<int64_t>(compute), static_cast<int64_t>(epilogue),
-                                          g.c != plan::kNoBuffer, alignment};
-    auto it = st.tuned_gemms.find(problem);
-    if (it == st.tuned_gemms.end()) {
-      const int best = FastestGemmCandidate(st, g, ev, *e, results, found);
-      it = st.tuned_gemms.emplace(problem, std::make_pair(results[best < 0 ? 0 : best].algo,
-                                                          results[best < 0 ? 0 : best].workspaceSize)).first;
-    }
-    e->algo = it->second.first;
-    e->workspace = it->second.second;
+  tactics::GemmProblem problem;
+  problem.key = {m, n, k, batch, ev[g.lda], ev[g.ldb], ev[g.ldd], ev[g.stride_a], ev[g.stride_b], ev[g.stride_d],
+                 g.trans_a, g.trans_b, g.epilogue.dtype, static_cast<int64_t>(compute),
+                 static_cast<int64_t>(epilogue), g.c != plan::kNoBuffer, alignment};
+  auto it = st.tuned_gemms.find(problem.key);
+  if (it == st.tuned_gemms.end()) {
+    const uint64_t elem = plan::DTypeSize(g.epilogue.dtype);
+    problem.driver = st.driver;
+    problem.lt = st.lt_api;
+    problem.handle = st.lt;
+    problem.desc = e->desc;
+    problem.a = e->a;
+    problem.b = e->b;
+    problem.d = e->d;
+    problem.dtype = g.epilogue.dtype;
+    problem.has_bias = bias;
+    problem.has_c = g.c != plan::kNoBuffer;
+    problem.alpha = g.epilogue.alpha;
+    problem.beta = problem.has_c ? g.epilogue.beta : 0.0f;
+    problem.a_bytes = OperandBytes(elem, batch, ev[g.stride_b], g.trans_b ? n : k, ev[g.ldb]);
+    problem.b_bytes = OperandBytes(elem, batch, ev[g.stride_a], g.trans_a ? k : m, ev[g.lda]);
+    problem.d_bytes = OperandBytes(elem, batch, ev[g.stride_d], m, ev[g.ldd]);
+    problem.bias_bytes = bias ? elem * n : 0;
+    problem.scratch = &scratch;
+    problem.device = st.device_id;
+    problem.owner = st.engine_name;
+    it = st.tuned_gemms.emplace(problem.key, tactics::ChooseGemm(problem, results, found)).first;
   }
+  e->algo = it->second.algo;
+  e->workspace = it->second.workspace;
   return Status::Ok();
 }
 
 // --------------------------------------------------------------------------- conv
-Status MakeConvEntry(const Executor::DeviceState& st, const plan::Plan& p, size_t index,
-                     const std::vector<int64_t>& ev, ConvEntry* e) {
+// The cuDNN descriptors and algorithm of convolution step `index` at evaluated `ev`;
+// timing algorithms (tactics.h) takes its memory from `scratch`.
+Status MakeConvEntry(Executor::DeviceState& st, const plan::Plan& p, size_t index,
+                     const std::vector<int64_t>& ev, const tactics::Scratch& scratch, ConvEntry* e) {
   const CudnnApi& dnn = *st.dnn_api;
   const plan::ConvStep& c = p.steps[index].conv;
   const std::string label = StepLabel(p, index);
@@ -711,19 +667,56 @@ Status MakeConvEntry(const Executor::DeviceState& st, const plan::Plan& p, size_
   TFTRT_LITE_DNN(dnn.GetConvolutionForwardAlgorithm_v7(st.dnn, e->x, e->w, e->conv, e->y,
                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                  "cudnnGetConvolutionForwardAlgorithm_v7");
-  bool found = false;
-  for (int i = 0; i < returned && !found; ++i) {
-    if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > kMaxConvWorkspace) continue;
+  // Every algorithm cuDNN says runs within the workspace limit, in its order (an algorithm
+  // may be listed once per math type).
+  std::vector<tactics::ConvAlgo> usable;
+  for (int i = 0; i < returned; ++i) {
     size_t bytes = 0;
-    if (dnn.GetConvolutionForwardWorkspaceSize(st.dnn, e->x, e->w, e->conv, e->y, perf[i].algo, &bytes) !=
-        CUDNN_STATUS_SUCCESS) {
+    const bool listed = std::any_of(usable.begin(), usable.end(),
+                                    [&](const tactics::ConvAlgo& u) { return u.algo == perf[i].algo; });
+    if (listed || perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > tactics::kMaxConvWorkspace ||
+        dnn.GetConvolutionForwardWorkspaceSize(st.dnn, e->x, e->w, e->conv, e->y, perf[i].algo, &bytes) !=
+            CUDNN_STATUS_SUCCESS) {
       continue;
     }
-    e->algo = perf[i].algo;
-    e->workspace = bytes;
-    found = true;
+    tactics::ConvAlgo algo;
+    algo.algo = perf[i].algo;
+    algo.workspace = bytes;
+    usable.push_back(algo);
   }
-  if (!found) return ExecError(label + ": cuDNN offers no forward algorithm for this convolution");
+  if (usable.empty()) return ExecError(label + ": cuDNN offers no forward algorithm for this convolution");
+  // Bias and relu fused into cudnnConvolutionBiasActivationForward use the chosen algorithm (below).
+  const bool fused_relu = c.bias != plan::kNoBuffer && c.epilogue.activation == plan::kActRelu;
+  tactics::ConvProblem problem;
+  problem.key = {n, ch, e->padded_h, e->padded_w, k, r, sz, pad_h, pad_w, c.strides[0], c.strides[1],
+                 c.dilations[0], c.dilations[1], c.groups, c.epilogue.dtype, c.layout, c.filter_layout,
+                 static_cast<int64_t>(math), fused_relu};
+  auto it = st.tuned_convs.find(problem.key);
+  if (it == st.tuned_convs.end()) {
+    const uint64_t elem = plan::DTypeSize(c.epilogue.dtype);
+    problem.driver = st.driver;
+    problem.dnn = st.dnn_api;
+    problem.handle = st.dnn;
+    problem.handle_mu = &st.dnn_mu;
+    problem.x = e->x;
+    problem.y = e->y;
+    problem.w = e->w;
+    problem.conv = e->conv;
+    problem.x_bytes = elem * n * ch * e->padded_h * e->padded_w;
+    problem.w_bytes = elem * k * (ch / c.groups) * r * sz;
+    problem.y_bytes = elem * n * k * oh * ow;
+    if (fused_relu) {
+      problem.bias = e->bias;
+      problem.act = e->act;
+      problem.bias_bytes = elem * k;
+    }
+    problem.scratch = &scratch;
+    problem.device = st.device_id;
+    problem.owner = st.engine_name;
+    it = st.tuned_convs.emplace(problem.key, tactics::ChooseConv(problem, usable)).first;
+  }
+  e->algo = it->second.algo;
+  e->workspace = it->second.workspace;
   // cudnnConvolutionBiasActivationForward applies relu or identity (the latter only
   // with the implicit precomputed GEMM algorithm) after bias and residual.
   const uint32_t act = c.epilogue.activation;
@@ -937,10 +930,11 @@ Status AssignAddresses(const plan::Plan& p, const Bound& b, CUdeviceptr weights,
 // Library steps: the cached descriptors and algorithms for these symbol values and
 // addresses (GemmEntry / ConvEntry per step, null for other and empty steps), and the
 // workspace they need. One workspace serves them all, since the steps run one after
-// another on the stream.
+// another on the stream. A step met for the first time chooses its algorithm, timing
+// candidates on `scratch`.
 Status ResolveLibrarySteps(Executor::DeviceState& st, const plan::Plan& p, const Bound& b,
-                           const std::vector<CUdeviceptr>& addr, std::vector<void*>* entries,
-                           uint64_t* workspace_bytes) {
+                           const std::vector<CUdeviceptr>& addr, const tactics::Scratch& scratch,
+                           std::vector<void*>* entries, uint64_t* workspace_bytes) {
   const std::vector<int64_t>& ev = b.ev;
   entries->assign(p.steps.size(), nullptr);
   *workspace_bytes = 0;
@@ -958,7 +952,7 @@ Status ResolveLibrarySteps(Executor::DeviceState& st, const plan::Plan& p, const
       std::unique_ptr<GemmEntry>& slot = st.gemms[key];
       if (!slot) {
         std::unique_ptr<GemmEntry> e(new GemmEntry());
-        Status status = MakeGemmEntry(st, p, i, ev, alignment, e.get());
+        Status status = MakeGemmEntry(st, p, i, ev, alignment, scratch, e.get());
         if (!status.ok()) {
           st.gemms.erase(key);
           // The partly built entry's descriptors are released with the state's others.
@@ -978,7 +972,7 @@ Status ResolveLibrarySteps(Executor::DeviceState& st, const plan::Plan& p, const
       std::unique_ptr<ConvEntry>& slot = st.convs[key];
       if (!slot) {
         std::unique_ptr<ConvEntry> e(new ConvEntry());
-        Status status = MakeConvEntry(st, p, i, ev, e.get());
+        Status status = MakeConvEntry(st, p, i, ev, scratch, e.get());
         if (!status.ok()) {
           st.convs.erase(key);
           for (auto t : {e->x, e->y, e->bias}) if (t) st.dnn_api->DestroyTensorDescriptor(t);
@@ -1114,11 +1108,21 @@ Status AllocateBoundOutputs(const Bound& b, const std::vector<uint32_t>& output_
   return AllocateOutputs(shapes, bytes, allocator, outputs);
 }
 
+// Where a call's algorithm timing gets scratch: the call's allocator, after the work
+// already on the call's stream.
+tactics::Scratch CallScratch(DeviceAllocator* allocator, CUstream stream) {
+  tactics::Scratch scratch;
+  scratch.allocate = [allocator](uint64_t bytes, CUdeviceptr* ptr) { return allocator->AllocateTemp(bytes, ptr).ok(); };
+  scratch.after = stream;
+  return scratch;
+}
+
 // `outputs_allocated`: the call already holds its outputs (from a graph path that
 // gave up after allocating them), so only scratch is allocated here.
 Status PrepareOnAllocator(Executor::DeviceState& st, const plan::Plan& p, const std::vector<uint32_t>& output_buffers,
                           const Bound& b, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
-                          bool outputs_allocated, std::vector<DeviceTensor>* outputs, Prepared* prep) {
+                          CUstream stream, bool outputs_allocated, std::vector<DeviceTensor>* outputs,
+                          Prepared* prep) {
   CUdeviceptr arena = 0;
   if (b.arena_size > 0) {
     Status status = allocator->AllocateTemp(static_cast<uint64_t>(b.arena_size), &arena);
@@ -1134,7 +1138,8 @@ Status PrepareOnAllocator(Executor::DeviceState& st, const plan::Plan& p, const 
   Status status = AssignAddresses(p, b, st.weights, input_ptrs, output_ptrs, arena, &prep->addr);
   if (!status.ok()) return status;
   uint64_t workspace_bytes = 0;
-  status = ResolveLibrarySteps(st, p, b, prep->addr, &prep->entries, &workspace_bytes);
+  status = ResolveLibrarySteps(st, p, b, prep->addr, CallScratch(allocator, stream), &prep->entries,
+                               &workspace_bytes);
   if (!status.ok()) return status;
   if (workspace_bytes > 0) return allocator->AllocateTemp(workspace_bytes, &prep->workspace);
   return Status::Ok();
@@ -1163,9 +1168,10 @@ bool SameShapes(const std::vector<std::vector<int64_t>>& shapes, const std::vect
 
 // Allocates g's memory for the bound shapes (staging for every input and output, then
 // the arena; the workspace separately) and resolves every library step's state at
-// those addresses. Enqueues nothing.
+// those addresses (timing algorithms on `scratch`). Enqueues nothing.
 Status SetUpGraphMemory(Executor::DeviceState& st, const plan::Plan& p, const std::vector<uint32_t>& input_buffers,
-                        const std::vector<uint32_t>& output_buffers, const Bound& b, ShapeGraph* g) {
+                        const std::vector<uint32_t>& output_buffers, const Bound& b, const tactics::Scratch& scratch,
+                        ShapeGraph* g) {
   const DriverApi& drv = *st.driver;
   uint64_t total = 0;
   std::vector<uint64_t> input_offsets, output_offsets;
@@ -1204,7 +1210,7 @@ Status SetUpGraphMemory(Executor::DeviceState& st, const plan::Plan& p, const st
                                   &g->addr);
   if (!status.ok()) return status;
   uint64_t workspace_bytes = 0;
-  status = ResolveLibrarySteps(st, p, b, g->addr, &g->entries, &workspace_bytes);
+  status = ResolveLibrarySteps(st, p, b, g->addr, scratch, &g->entries, &workspace_bytes);
   if (!status.ok()) return status;
   if (workspace_bytes > 0) {
     r = drv.MemAlloc(&g->workspace, workspace_bytes);
@@ -1379,7 +1385,8 @@ Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, D
     outputs_allocated = true;
     // Setting up and capturing enqueue nothing: if either fails, the call runs
     // uncaptured below. A failure after that is the call's own.
-    Status setup = state == ShapeGraph::kNew ? SetUpGraphMemory(*st, plan_, input_buffers_, output_buffers_, b, g)
+    Status setup = state == ShapeGraph::kNew ? SetUpGraphMemory(*st, plan_, input_buffers_, output_buffers_, b,
+                                                                CallScratch(allocator, stream), g)
                                               : CaptureGraph(*st, plan_, b, g);
     if (setup.ok()) {
       if (state == ShapeGraph::kWarm) {
@@ -1400,7 +1407,8 @@ Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, D
   graph_lock = std::unique_lock<std::mutex>();  // the uncaptured run needs no slot
 
   Prepared prep;
-  status = PrepareOnAllocator(*st, plan_, output_buffers_, b, inputs, allocator, outputs_allocated, outputs, &prep);
+  status = PrepareOnAllocator(*st, plan_, output_buffers_, b, inputs, allocator, stream, outputs_allocated, outputs,
+                              &prep);
   if (!status.ok()) return status;
   return EnqueueSteps(*st, plan_, b, prep.addr, prep.entries, prep.workspace, stream, nullptr);
 }
@@ -1436,7 +1444,7 @@ Status Executor::Profile(CUstream stream, const std::vector<DeviceTensor>& input
   status = Bind(plan_, inputs, std::move(symbols), &b);
   if (!status.ok()) return status;
   Prepared prep;
-  status = PrepareOnAllocator(*st, plan_, output_buffers_, b, inputs, allocator, false, outputs, &prep);
+  status = PrepareOnAllocator(*st, plan_, output_buffers_, b, inputs, allocator, stream, false, outputs, &prep);
   if (!status.ok()) return status;
 
   const size_t n = plan_.steps.size();

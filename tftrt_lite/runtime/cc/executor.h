@@ -9,8 +9,11 @@
 // A plan is parsed and checked once (Create). Everything bound to a device (loaded
 // modules, uploaded weights, cuBLASLt/cuDNN handles) is created on the first Run in a
 // CUDA context and cached per context; library descriptors and algorithm choices are
-// cached per (step, symbol values). Several threads may call Run on one Executor at
-// once: per-call state lives on the caller's stack and every cache is under a mutex.
+// cached per (step, symbol values). Algorithms are chosen by timing the libraries'
+// candidates once per distinct problem, or taken from the process's tactic store
+// (tactics.h), which a cache file and the models themselves seed. Several threads may
+// call Run on one Executor at once: per-call state lives on the caller's stack and every
+// cache is under a mutex.
 //
 // CUDA graphs: a plan is a long, fixed sequence of small launches, so for a few input-
 // shape sets the whole sequence is captured once into a CUDA graph and replayed, which
@@ -76,7 +79,8 @@ struct DeviceTensor {
 class DeviceAllocator {
  public:
   virtual ~DeviceAllocator() = default;
-  // Scratch memory (the arena and library workspaces), at least 256-byte aligned.
+  // Scratch memory (the arena, library workspaces, and operands for timing library
+  // algorithms on a shape's first call), at least 256-byte aligned.
   virtual Status AllocateTemp(uint64_t bytes, CUdeviceptr* ptr) = 0;
   // Engine output `index` of `shape` (dtype from the plan), at least 256-byte aligned.
   virtual Status AllocateOutput(int index, const std::vector<int64_t>& shape, uint64_t bytes,
@@ -90,6 +94,9 @@ struct ExecutorOptions {
   int max_cached_shapes = 1;
   // Names the engine in the messages the executor logs.
   std::string label = "engine";
+  // Files the library algorithms this engine chooses under its name in the process's
+  // tactic store, so tftrt_lite_tactics_dump can list one engine's (tactics.h).
+  std::string engine_name;
 };
 
 class Executor {
