@@ -90,7 +90,10 @@ def bench_model(name, args, device, date):
         # one captured CUDA graph per benchmarked batch size, as a server of these sizes would configure
         conv = tftrt_lite.Converter(input_saved_model_dir=src, precision_mode=precision,
                                     maximum_cached_engines=len(batches))
-        conv.convert()
+        # INT8: ranges from one random batch (random weights have no real data to calibrate on)
+        calibration = (lambda: (_inputs(keras_model, 8, seed=1000 + k) for k in range(1))) \
+            if precision == "INT8" else None
+        conv.convert(calibration_input_fn=calibration)
         out_dir = conv.save(os.path.join(work, f"converted_{precision}"))
         convert_s = time.perf_counter() - t0
         converted = tf.saved_model.load(out_dir).signatures["serving_default"]

@@ -151,3 +151,42 @@ def build_split_model(root):
         m = _SplitModel()
         tf.saved_model.save(m, path, signatures={"serving_default": m.serve, "logits": m.logits})
     return path
+
+
+def load_digits_split(seed=0):
+    """scikit-learn's bundled 8x8 digits as (x_train, y_train, x_test, y_test): images in
+    [0, 1] as float32 [N, 8, 8, 1], an 80/20 split shuffled with ``seed``."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[..., None]
+    y = data.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(0.8 * len(x))
+    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+
+
+def build_digits_classifier(root, epochs=30):
+    """A small CNN (two convs, pool, two dense) trained on the digits train split and
+    exported as a SavedModel (``images`` → ``output_0`` logits); returns its path.
+
+    A trained model, unlike the random-weight zoo, has a task metric (accuracy) that an
+    INT8 engine must keep."""
+    path = os.path.join(root, "digits_cnn")
+    if not os.path.exists(path):
+        x_train, y_train, _, _ = load_digits_split()
+        keras.utils.set_random_seed(7)
+        model = keras.Sequential([
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+        export(model, path, "images")
+    return path

@@ -181,7 +181,9 @@ def test_fallback_can_be_disabled_so_tests_prove_engines_ran(split_model, tmp_pa
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"precision_mode": "INT8"}, NotSupportedYetError, "precision_mode='INT8'"),
+    ({"precision_mode": "INT8", "use_calibration": False}, NotSupportedYetError, "use_calibration=False"),
+    ({"calibration_table": "t.json"}, ValueError, "calibration_table is for precision_mode='INT8'"),
+    ({"calibration_algorithm": "mse"}, ValueError, "calibration_algorithm='mse'"),
     ({"precision_mode": "FP64"}, ValueError, "precision_mode='FP64'"),
     ({"dynamic_shape_profile_strategy": "Range"}, NotSupportedYetError, "dynamic_shape_profile_strategy"),
     ({"minimum_segment_size": 0}, ValueError, "minimum_segment_size"),
@@ -193,9 +195,9 @@ def test_invalid_or_not_yet_supported_options_are_named(split_model, kwargs, err
         tftrt_lite.Converter(input_saved_model_dir=split_model, **kwargs)
 
 
-def test_calibration_input_fn_is_not_supported_yet(split_model):
+def test_calibration_input_fn_is_for_int8_only(split_model):
     conv = tftrt_lite.Converter(input_saved_model_dir=split_model)
-    with pytest.raises(NotSupportedYetError, match="calibration_input_fn"):
+    with pytest.raises(ValueError, match="calibration_input_fn is for precision_mode='INT8' only"):
         conv.convert(calibration_input_fn=lambda: iter(()))
 
 

@@ -87,3 +87,25 @@ def test_repeated_calls_with_new_buffers_each_time(tmp_path_factory):
         with tf.device("/GPU:0"):
             _assert_close(converted(**feeds)["output_0"].numpy(), original(**feeds)["output_0"].numpy(),
                           f"call {seed}")
+
+
+@pytest.mark.parametrize("name", zoo.ZOO)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_int8_engine_matches_its_reference_and_tf_fp32_gpu(name, batch, tmp_path_factory):
+    """INT8 engines (calibrated on two random batches: the zoo has no data) against the plan's
+    own reference executor at TF-TRT's INT8 tolerance, 5e-2 of the output's scale: the GPU
+    computes the same int8 grids, but an activation a float16 rounding apart lands on the
+    other side of an int8 step now and then, and deep random-weight networks amplify that
+    (measured on the H200: up to 2.3e-2 on ResNet50). Against TF's float32 output the bound
+    is 1e-1: random weights with ranges from random data are no accuracy benchmark (measured:
+    7.9e-2 on the BERT-style encoder at batch 1); INT8 accuracy is judged by the task metric
+    in tests/test_converter_int8.py."""
+    want, got = _run_both(name, "INT8", batch, batch + 500, str(tmp_path_factory.getbasetemp()))
+    (built,) = zoo.converter(name, "INT8").engines().values()
+    feeds = model_zoo.random_inputs(name, batch, seed=batch + 500)
+    reference = built.engine.run_reference({n: feeds[t.split(":")[0]] for n, t in
+                                            zip(built.lowered.input_names, built.lowered.input_tensors)})
+    (out,) = built.engine.output_names
+    for key in want:
+        _assert_close(got[key].numpy(), reference[out], f"{name} INT8 b{batch} {key} vs reference", 5e-2)
+        _assert_close(got[key].numpy(), want[key].numpy(), f"{name} INT8 b{batch} {key}", 1e-1)

@@ -47,7 +47,9 @@ def converter(name: str, precision: str = "FP32"):
     from tftrt_lite import Converter
 
     conv = Converter(input_saved_model_dir=saved_model(name), precision_mode=precision)
-    conv.convert()
+    # INT8: ranges from two random batches (the zoo's weights are random too)
+    conv.convert(calibration_input_fn=(lambda: (model_zoo.random_inputs(name, 4, seed=700 + k) for k in range(2)))
+                 if precision == "INT8" else None)
     return conv
 
 

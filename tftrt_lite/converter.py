@@ -15,6 +15,7 @@ for one unsupported corner.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftrt_lite import report as report_lib
+from tftrt_lite.calibrate import ALGORITHMS, CalibrationTable, CalibrationTableError
 from tftrt_lite.engine import build_engine
 from tftrt_lite.engine.builder import SUPPORTED_PRECISIONS
 from tftrt_lite.engine.passes.precision import compile_overrides
@@ -33,8 +35,9 @@ from tftrt_lite.errors import NotSupportedYetError, TftrtLiteError
 from tftrt_lite.load import load_saved_model
 from tftrt_lite.lower import lower_segment
 from tftrt_lite.replace import EngineSpec, replace_segments
-from tftrt_lite.save import save_functions
+from tftrt_lite.save import CALIBRATION_TABLE_PATH, save_functions
 from tftrt_lite.segment import segment_graph
+from tftrt_lite.tune import process_tactics
 
 logger = logging.getLogger("tftrt_lite")
 
@@ -115,8 +118,15 @@ class TrtGraphConverterV2:
 
     Beyond TF-TRT: ``precision_mode`` also takes "BF16"; ``precision_overrides``
     (``{node-name regex: "FP32" | "FP16" | "BF16"}``) pins matching engine nodes to a
-    precision (e.g. keep a sensitive layer in FP32 in an FP16 engine); ``allow_tf32=False``
-    keeps FP32 math off TF32 tensor cores.
+    precision (e.g. keep a sensitive layer in FP32 in an FP16 engine, or out of INT8);
+    ``allow_tf32=False`` keeps FP32 math off TF32 tensor cores.
+
+    INT8 (``convert(calibration_input_fn=...)``, as TF-TRT): the model runs on the
+    calibration batches and the ranges of the tensors each engine quantizes are measured
+    with ``calibration_algorithm`` ("entropy", TF-TRT's default, "percentile" or "max").
+    The ranges form :attr:`calibration_table`, saved with the model; pass it back as
+    ``calibration_table`` (a ``CalibrationTable`` or the path of a saved one) to convert
+    the same model again without calibrating.
     """
 
     def __init__(self,
@@ -133,7 +143,9 @@ class TrtGraphConverterV2:
                  allow_build_at_runtime=True,
                  conversion_params=None,
                  precision_overrides=None,
-                 allow_tf32=True):
+                 allow_tf32=True,
+                 calibration_algorithm="entropy",
+                 calibration_table=None):
         if not input_saved_model_dir:
             raise ValueError("input_saved_model_dir is required")
         if conversion_params is None:
@@ -150,6 +162,10 @@ class TrtGraphConverterV2:
         if not isinstance(allow_tf32, bool):
             raise ValueError(f"allow_tf32 must be a bool, got {allow_tf32!r}")
         self._allow_tf32 = allow_tf32
+        self._calibration_algorithm, self._given_table = _check_calibration(
+            self._precision, conversion_params.use_calibration, calibration_algorithm, calibration_table)
+        self._calibration_table = None
+        self._calibration_counts = (0, 0)   # (batches, samples) of the last calibration
         self._params = conversion_params
         self._input_dir = os.fspath(input_saved_model_dir)
         self._tags = list(input_saved_model_tags or [tf.saved_model.SERVING])
@@ -167,36 +183,67 @@ class TrtGraphConverterV2:
         """
         if self._converted:
             raise RuntimeError("convert() was already called on this converter")
-        if calibration_input_fn is not None:
-            raise NotSupportedYetError("not supported yet: calibration_input_fn (INT8 calibration)")
+        if calibration_input_fn is not None and self._precision != "INT8":
+            raise ValueError(f"calibration_input_fn is for precision_mode='INT8' only (this converter "
+                             f"builds {self._precision} engines)")
+        if self._precision == "INT8" and calibration_input_fn is None and self._given_table is None:
+            raise ValueError("an INT8 conversion needs calibration data: convert(calibration_input_fn=...) "
+                             "yielding input batches, or Converter(calibration_table=...) from an earlier one")
+        if calibration_input_fn is not None and not callable(calibration_input_fn):
+            raise TypeError(f"calibration_input_fn must be a callable returning an iterable of input batches, "
+                            f"got {type(calibration_input_fn).__name__}")
         t0 = time.perf_counter()
         loaded = load_saved_model(self._input_dir, self._tags, self._signature_key)
         self._timings["load_s"] = time.perf_counter() - t0
+        ranges: Dict[str, float] = {}
         for key, sig in loaded.signatures.items():
-            self._converted[key] = self._convert_signature(key, sig)
+            self._converted[key] = self._convert_signature(key, sig, calibration_input_fn)
             self._functions[key] = sig.to_function(self._converted[key].graph_def)
+            for name, built in self._converted[key].built.items():
+                ranges.update({f"{name}:{t}": a for t, a in built.engine.activation_ranges.items()})
+        if self._precision == "INT8":
+            self._calibration_table = self._given_table or CalibrationTable(
+                amax=ranges, algorithm=self._calibration_algorithm, num_batches=self._calibration_counts[0],
+                num_samples=self._calibration_counts[1], model=os.path.basename(os.path.normpath(self._input_dir)))
         self._timings["total_s"] = time.perf_counter() - t0
         first = next(iter(self._functions.values()), None)
         return first
 
-    def _convert_signature(self, key, sig) -> _ConvertedSignature:
+    def _convert_signature(self, key, sig, calibration_input_fn=None) -> _ConvertedSignature:
         protected = [b.node_name for b in sig.inputs + sig.outputs]
         t0 = time.perf_counter()
         seg = segment_graph(sig.graph_def, minimum_segment_size=self._params.minimum_segment_size,
                             protected=protected)
         segment_s = time.perf_counter() - t0
         engines, built, failures, records = [], [], [], {}
-        for i, segment in enumerate(_progress(seg.segments, f"building engines [{key}]")):
+        lowered_segments, lower_s = {}, {}
+        for i, segment in enumerate(seg.segments):
             name = _engine_name(key, i)
             t1 = time.perf_counter()
             try:
-                lowered = lower_segment(sig.graph_def, segment)
+                lowered_segments[name] = (segment, lower_segment(sig.graph_def, segment))
+            except TftrtLiteError as e:
+                failures.append({"segment": segment.name, "nodes": len(segment.nodes), "reason": str(e)})
+                logger.warning("segment %s of signature %r stays native: %s", segment.name, key, e)
+            lower_s[name] = time.perf_counter() - t1
+        calibration = {}
+        if calibration_input_fn is not None and lowered_segments:
+            calibration = self._calibration_batches(sig, {n: l for n, (_, l) in lowered_segments.items()},
+                                                    calibration_input_fn)
+        for name, (segment, lowered) in _progress(list(lowered_segments.items()), f"building engines [{key}]"):
+            t1 = time.perf_counter()
+            try:
                 engine = build_engine(lowered.onnx_model, precision=self._precision, name=name,
-                                      precision_overrides=self._precision_overrides, allow_tf32=self._allow_tf32)
+                                      precision_overrides=self._precision_overrides, allow_tf32=self._allow_tf32,
+                                      calibration_batches=calibration.get(name),
+                                      activation_ranges=self._table_ranges(name),
+                                      calibration_algorithm=self._calibration_algorithm)
                 if os.environ.get("TFTRT_LITE_VERIFY") == "1":
                     from tftrt_lite.verify import verify_engine
                     verify_engine(engine, lowered)
                 records[name] = BuiltEngine(engine, lowered)
+            except CalibrationTableError:
+                raise  # a table that does not fit the model must not quietly leave it native
             except TftrtLiteError as e:
                 failures.append({"segment": segment.name, "nodes": len(segment.nodes), "reason": str(e)})
                 logger.warning("segment %s of signature %r stays native: %s", segment.name, key, e)
@@ -208,11 +255,45 @@ class TrtGraphConverterV2:
                 segment_graph_def=lowered.segment_graph_def, plan=engine.serialize(),
                 plan_format_version=FORMAT_VERSION, precision_mode=self._precision,
                 max_cached_shapes=self._params.maximum_cached_engines))
-            built.append({"engine": name, "segment": segment.name, "build_s": time.perf_counter() - t1, "stats": engine.stats})
+            built.append({"engine": name, "segment": segment.name, "build_s": time.perf_counter() - t1 + lower_s[name],
+                          "stats": engine.stats})
         graph_def = replace_segments(sig.graph_def, engines, keep_native_segments=True)
         report = report_lib.signature_report(key, sig, seg, engines, built, failures,
                                              timings={"load_s": sig.load_seconds, "segment_s": segment_s})
         return _ConvertedSignature(sig, graph_def, engines, records, report)
+
+    def _calibration_batches(self, sig, lowered: Dict[str, object], calibration_input_fn) -> Dict[str, List[Dict]]:
+        """Each engine's inputs for every calibration batch: ``calibration_input_fn``'s items
+        (as ``build``'s) run through the signature's graph up to the segments' inputs."""
+        names = [b.name for b in sig.inputs]
+        fetch = sig.fetcher(sorted({t for low in lowered.values() for t in low.input_tensors}))
+        batches: Dict[str, List[Dict]] = {name: [] for name in lowered}
+        count = samples = 0
+        for item in calibration_input_fn():
+            feeds = _as_feeds(item, names)
+            values = fetch(feeds)
+            for name, low in lowered.items():
+                batches[name].append({n: values[t] for n, t in zip(low.input_names, low.input_tensors)})
+            count += 1
+            samples += (np.shape(feeds[names[0]]) or (1,))[0]
+        if count == 0:
+            raise ValueError("calibration_input_fn yielded no batches")
+        self._calibration_counts = (count, int(samples))
+        return batches
+
+    def _table_ranges(self, engine_name: str) -> Optional[Dict[str, float]]:
+        """The ranges of ``engine_name``'s tensors in the given calibration table (None: calibrate)."""
+        if self._given_table is None:
+            return None
+        prefix = f"{engine_name}:"
+        return {k[len(prefix):]: v for k, v in self._given_table.amax.items() if k.startswith(prefix)}
+
+    @property
+    def calibration_table(self) -> Optional[CalibrationTable]:
+        """INT8: the activation ranges every engine was built with (keys ``engine:tensor``),
+        saved with the model; ``calibration_table.save(path)`` writes it for a later
+        ``Converter(calibration_table=path)``. None for other precisions."""
+        return self._calibration_table
 
     def engines(self, signature_key: Optional[str] = None) -> Dict[str, BuiltEngine]:
         """Built engines by name (of one signature, or of all), with their lowered segments."""
@@ -225,12 +306,16 @@ class TrtGraphConverterV2:
 
     # -- build -------------------------------------------------------------------
     def build(self, input_fn: Callable):
-        """Run the converted signatures on ``input_fn``'s inputs, as TF-TRT's ``build``.
+        """Run the converted signature on ``input_fn``'s inputs, as TF-TRT's ``build``.
 
-        Engines here need no per-shape build; this checks that every engine accepts
-        the shapes you will serve and runs them once (first-call setup off the
-        serving path). Each item ``input_fn`` yields is one call: a single array,
-        a list/tuple (positional, in signature input order), or a dict by input name.
+        Engines here need no per-shape build; this checks that every engine accepts the
+        shapes you will serve and takes their first-call work off the serving path: each
+        input runs twice, the first call choosing every GEMM's and convolution's library
+        algorithm (timing the candidates on a GPU, see docs/tuning.md) and the second
+        capturing the shape's CUDA graph (for the first ``maximum_cached_engines``
+        shapes). ``save()`` then stores the chosen algorithms in the engines. Each item
+        ``input_fn`` yields is one call: a single array, a list/tuple (positional, in
+        signature input order), or a dict by input name.
         """
         if not self._converted:
             raise RuntimeError("Need to call convert() before build()")
@@ -241,7 +326,9 @@ class TrtGraphConverterV2:
         names = [b.name for b in self._converted[key].signature.inputs]
         for item in input_fn():
             feeds = _as_feeds(item, names)
-            func(**{k: tf.convert_to_tensor(v) for k, v in feeds.items()})
+            tensors = {k: tf.convert_to_tensor(v) for k, v in feeds.items()}
+            for _ in range(2):  # choose algorithms, then capture the CUDA graph
+                func(**tensors)
             self._build_shapes.append({k: list(np.shape(v)) for k, v in feeds.items()})
 
     # -- save --------------------------------------------------------------------
@@ -250,20 +337,25 @@ class TrtGraphConverterV2:
         """Write the converted model; every converted signature keeps its name and I/O.
 
         ``keep_native_segments=False`` drops each engine's native fallback copy (the
-        smallest model; it then needs a GPU engine to run).
+        smallest model; it then needs a GPU engine to run). Engines that ran in this
+        process (``build()``) carry the library algorithms they chose in their
+        ``tactics`` attr, so a process on the same kind of GPU starts with them.
         """
         if not self._converted:
             raise RuntimeError("Need to call convert() before save()")
         if not save_gpu_specific_engines:
             raise NotSupportedYetError("not supported yet: save_gpu_specific_engines=False")
+        engines = {k: [dataclasses.replace(spec, tactics=process_tactics(spec.name)) for spec in c.engines]
+                   for k, c in self._converted.items()}
         functions = self._functions
-        if not keep_native_segments:
+        if not keep_native_segments or any(spec.tactics for specs in engines.values() for spec in specs):
             functions = {k: c.signature.to_function(
-                replace_segments(c.signature.graph_def, c.engines, keep_native_segments=False))
+                replace_segments(c.signature.graph_def, engines[k], keep_native_segments=keep_native_segments))
                 for k, c in self._converted.items()}
         report = self.report()
         report["keep_native_segments"] = bool(keep_native_segments)
-        return save_functions(functions, output_saved_model_dir, report=report, options=options)
+        extras = {} if self._calibration_table is None else {CALIBRATION_TABLE_PATH: self._calibration_table.to_bytes()}
+        return save_functions(functions, output_saved_model_dir, report=report, options=options, extra_files=extras)
 
     # -- reports -----------------------------------------------------------------
     def report(self) -> Dict:
@@ -284,6 +376,23 @@ class TrtGraphConverterV2:
 
 
 Converter = TrtGraphConverterV2
+
+
+def _check_calibration(precision: str, use_calibration, algorithm, table):
+    """(algorithm, CalibrationTable or None) after checking the INT8 arguments."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"calibration_algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    if precision != "INT8":
+        if table is not None:
+            raise ValueError(f"calibration_table is for precision_mode='INT8' only, not {precision!r}")
+        return algorithm, None
+    if not use_calibration:
+        raise NotSupportedYetError(
+            "not supported yet: precision_mode='INT8' with use_calibration=False (ranges from fake-quant "
+            "nodes in the model); calibrate with convert(calibration_input_fn=...) instead")
+    if table is not None and not isinstance(table, CalibrationTable):
+        table = CalibrationTable.load(table)
+    return algorithm, table
 
 
 def _engine_name(signature_key: str, index: int) -> str:

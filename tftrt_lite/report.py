@@ -110,6 +110,9 @@ def print_summary(report: Dict, line_length: int = 160, detailed: bool = True,
                              f"{stats['library_calls']} library calls, {stats['weight_bytes']} weight bytes; "
                              f"arena {mem['arena_bytes']} B vs {mem['naive_bytes']} B unplanned "
                              f"at {mem['binding']}")
+                    if "quantized_nodes" in stats:
+                        print_fn(f"    int8: {stats['quantized_nodes']} convolution/GEMM node(s) quantized "
+                                 f"(int8 operands on float16 tensor cores), the rest float16")
     print_fn("-" * line_length)
     for key, sig in report["signatures"].items():
         print_fn(f"[{key}] {sig['converted_ops']}/{sig['total_ops']} ops converted "

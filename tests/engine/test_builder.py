@@ -147,7 +147,9 @@ def test_bind_symbols_rejects_unbindable_dims():
 
 def test_rejects_other_precisions_and_bad_archs():
     model, _ = _mlp(np.random.default_rng(3))
-    with pytest.raises(NotSupportedYetError, match="'INT8'"):
+    with pytest.raises(NotSupportedYetError, match="'FP8'"):
+        build_engine(model, precision="FP8")
+    with pytest.raises(ConversionError, match="calibration_batches or activation_ranges"):
         build_engine(model, precision="INT8")
     with pytest.raises(ValueError, match="'ampere'"):
         build_engine(model, target_arch="ampere")

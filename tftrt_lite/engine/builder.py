@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from tftrt_lite.errors import ConversionError, NotSupportedYetError, Unsupported
 
 BUILDER_VERSION = 1
 DEFAULT_TARGET_ARCHS = ("sm_80", "sm_90")
-SUPPORTED_PRECISIONS = ("FP32", "FP16", "BF16")
+SUPPORTED_PRECISIONS = ("FP32", "FP16", "BF16", "INT8")
 
 #: fused-op activation → the plan's epilogue code, for activations cuDNN/cuBLASLt apply
 #: themselves; any other activation runs as an in-place kernel after the library call.
@@ -70,6 +70,11 @@ class Engine:
         return self.plan.meta["precision"]
 
     @property
+    def activation_ranges(self) -> Dict[str, float]:
+        """INT8 engines: the amax of each tensor the engine quantizes (empty otherwise)."""
+        return dict(self.plan.meta.get("int8", {}).get("activation_ranges", {}))
+
+    @property
     def target_archs(self) -> Tuple[str, ...]:
         return tuple(self.plan.meta["target_archs"])
 
@@ -97,13 +102,22 @@ class Engine:
 # --------------------------------------------------------------------------- entry point
 def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
                  target_arch: Union[None, str, Sequence[str]] = None, name: Optional[str] = None,
-                 precision_overrides: Optional[Dict[str, str]] = None, allow_tf32: bool = True) -> Engine:
+                 precision_overrides: Optional[Dict[str, str]] = None, allow_tf32: bool = True,
+                 calibration_batches: Optional[Iterable[Mapping[str, np.ndarray]]] = None,
+                 activation_ranges: Optional[Mapping[str, float]] = None,
+                 calibration_algorithm: str = "entropy") -> Engine:
     """Build an :class:`Engine` from an ONNX ``ModelProto`` or a path to one.
 
-    ``precision``: "FP32", "FP16" or "BF16" (see ``passes/precision.py``);
+    ``precision``: "FP32", "FP16", "BF16" or "INT8" (see ``passes/precision.py`` and
+    ``passes/quantize.py``);
     ``precision_overrides``: ``{node-name regex: "FP32" | "FP16" | "BF16"}`` per node;
     ``allow_tf32``: float32 GEMMs, convolutions and attention may use TF32 tensor cores, as
     TensorFlow does by default.
+    INT8 needs the ranges of the tensors it quantizes: ``activation_ranges`` (tensor →
+    amax, e.g. from a saved calibration table) or ``calibration_batches`` (engine input
+    name → array, per batch), which the float32 graph runs on to measure them with
+    ``calibration_algorithm`` ("entropy", "percentile" or "max"). The ranges used are in
+    ``Engine.activation_ranges``.
     ``target_arch``: an ``"sm_XX"`` or a sequence of them (default sm_80 and sm_90); the
     plan carries a cubin per arch and the PTX of the oldest for newer GPUs.
     Raises ``NotSupportedYetError`` for other precisions and ``UnsupportedOpError``
@@ -114,7 +128,7 @@ def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
                                    f"(supported: {', '.join(SUPPORTED_PRECISIONS)})")
     archs = _target_archs(target_arch)
     from tftrt_lite.engine.onnx_import import import_onnx
-    from tftrt_lite.engine.passes import run_pipeline
+    from tftrt_lite.engine.passes import run_pipeline, split_pipeline
 
     model = onnx_model_or_path
     if isinstance(model, (str, os.PathLike)):
@@ -123,10 +137,37 @@ def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
         model = onnx.load(os.fspath(model))
     graph = import_onnx(model)
     name = name or graph.name
-    graph, report = run_pipeline(graph, precision=precision, precision_overrides=precision_overrides,
-                                 allow_tf32=allow_tf32)
+    options = dict(precision=precision, precision_overrides=precision_overrides, allow_tf32=allow_tf32)
+    ranges = None
+    if precision == "INT8":
+        before, after = split_pipeline()
+        graph, _ = run_pipeline(graph, pipeline=before, **options)
+        graph.name = name
+        ranges = _int8_ranges(graph, calibration_batches, activation_ranges, calibration_algorithm)
+        graph, report = run_pipeline(graph, pipeline=after, activation_ranges=ranges, **options)
+    else:
+        graph, report = run_pipeline(graph, **options)
     math = MathMode.TF32 if allow_tf32 else MathMode.EXACT
-    return _PlanBuilder(graph, report.memory_plan, name, precision, archs, math).build()
+    engine = _PlanBuilder(graph, report.memory_plan, name, precision, archs, math).build()
+    if ranges is not None:
+        engine.plan.meta["int8"] = {"activation_ranges": ranges, "quantized_nodes": report.quantized_nodes}
+        engine.stats["quantized_nodes"] = len(report.quantized_nodes)
+    return engine
+
+
+def _int8_ranges(graph: ir.Graph, batches, ranges, algorithm: str) -> Dict[str, float]:
+    """The amax of every tensor an INT8 build of ``graph`` quantizes: given, or calibrated."""
+    from tftrt_lite.calibrate import Calibrator, CalibrationTable
+    from tftrt_lite.engine.calibration import calibrate_graph, ranges_for
+
+    if ranges is not None:
+        table = CalibrationTable(amax=dict(ranges), algorithm="given", num_batches=0, num_samples=0)
+    elif batches is not None:
+        table = calibrate_graph(graph, batches, Calibrator(algorithm))
+    else:
+        raise ConversionError(f"engine {graph.name!r}: an INT8 build needs calibration_batches or "
+                              f"activation_ranges")
+    return ranges_for(graph, table)
 
 
 def _target_archs(target_arch: Union[None, str, Sequence[str]]) -> Tuple[str, ...]:

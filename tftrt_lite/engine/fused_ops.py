@@ -329,7 +329,9 @@ def fused_elementwise(inputs: Sequence[np.ndarray], attrs: Dict) -> List[np.ndar
                 value = saturate_cast(ins["value"], ins["dtype"])
             else:
                 value = np.asarray(fn(args, ins))
-            values[f"v{k}"] = _widen(value.astype(dtype, copy=False))
+            # a half value stays float32 until stored, as in the kernel (only Const is rounded)
+            values[f"v{k}"] = value.astype(np.float32) if dtype in _HALF and ins["op"] != "Const" \
+                else _widen(value.astype(dtype, copy=False))
     result = []
     for r in outputs:
         dtype = _ref_dtype(r, program, inputs)

@@ -8,6 +8,7 @@ against the cleaned GraphDef, and carried as plain data.
 import dataclasses
 import logging
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.python.eager import context, wrap_function
@@ -90,6 +91,28 @@ class SignatureGraph:
         kwargs = {b.name: tf.convert_to_tensor(feeds[b.name], b.dtype) for b in self.inputs}
         flat = nest.flatten(self.to_function(graph_def)(**kwargs))
         return {b.name: t for b, t in zip(self.outputs, flat)}
+
+    def fetcher(self, tensor_names: list[str]):
+        """A function ``feeds (input name -> array) -> {tensor name: ndarray}`` computing
+        any tensors of this graph (e.g. the inputs of its segments, for calibration).
+
+        The graph is pruned to what ``tensor_names`` need and built once, so calling it per
+        batch costs one TensorFlow call."""
+        by_tensor = {b.tensor_name: b.name for b in self.inputs}
+        computed = sorted(set(tensor_names) - set(by_tensor))
+        func = wrap_function.function_from_graph_def(
+            self.graph_def, [b.tensor_name for b in self.inputs], computed) if computed else None
+        expected = sorted(b.name for b in self.inputs)
+
+        def fetch(feeds: dict) -> dict:
+            if sorted(feeds) != expected:
+                raise KeyError(f"signature {self.key!r} takes inputs {expected}; got {sorted(feeds)}")
+            args = [tf.convert_to_tensor(feeds[b.name], b.dtype) for b in self.inputs]
+            values = dict(zip(computed, (t.numpy() for t in nest.flatten(func(*args))))) if func else {}
+            values.update({t: np.asarray(feeds[name]) for t, name in by_tensor.items() if t in tensor_names})
+            return values
+
+        return fetch
 
 
 @dataclasses.dataclass

@@ -23,6 +23,8 @@ from tftrt_lite.errors import TftrtLiteError
 
 #: Conversion report, written next to the model (assets.extra is TF Serving's place for extras).
 REPORT_PATH = os.path.join("assets.extra", "tftrt_lite", "report.json")
+#: INT8 models: the calibration table their engines were built with (``calibrate.CalibrationTable``).
+CALIBRATION_TABLE_PATH = os.path.join("assets.extra", "tftrt_lite", "calibration_table.json")
 
 
 def _check_target(output_dir: str) -> None:
@@ -38,8 +40,10 @@ def _check_target(output_dir: str) -> None:
 
 
 def save_functions(functions: Mapping[str, object], output_dir: str,
-                   report: Optional[Dict] = None, options: Optional[tf.saved_model.SaveOptions] = None) -> str:
-    """Save ``{signature_key: ConcreteFunction}`` as a SavedModel at ``output_dir``.
+                   report: Optional[Dict] = None, options: Optional[tf.saved_model.SaveOptions] = None,
+                   extra_files: Optional[Mapping[str, bytes]] = None) -> str:
+    """Save ``{signature_key: ConcreteFunction}`` as a SavedModel at ``output_dir``, with the
+    conversion ``report`` and ``extra_files`` (path in the model → bytes) beside it.
 
     An existing SavedModel at ``output_dir`` is replaced in one rename; anything
     else there is refused. Returns the absolute output path.
@@ -58,6 +62,11 @@ def save_functions(functions: Mapping[str, object], output_dir: str,
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
                 json.dump(report, f, indent=1, sort_keys=True)
+        for rel, data in (extra_files or {}).items():
+            path = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
         if os.path.isdir(output_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
             os.rename(output_dir, os.path.join(old, "m"))
@@ -78,3 +87,11 @@ def read_report(saved_model_dir: str) -> Optional[Dict]:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def read_calibration_table(saved_model_dir: str):
+    """The INT8 calibration table saved with a converted model, or None if it has none."""
+    from tftrt_lite.calibrate import CalibrationTable
+
+    path = os.path.join(saved_model_dir, CALIBRATION_TABLE_PATH)
+    return CalibrationTable.load(path) if os.path.exists(path) else None

@@ -30,9 +30,10 @@ from tftrt_lite.engine.passes import (
     layout,
     memory_plan,
     precision,
+    quantize,
 )
 
-PRECISIONS = ("FP32", "FP16", "BF16")
+PRECISIONS = ("FP32", "FP16", "BF16", "INT8")
 
 
 @dataclass
@@ -42,6 +43,10 @@ class PassContext:
     precision: str = "FP32"
     precision_overrides: Optional[Dict[str, str]] = None
     allow_tf32: bool = True
+    #: INT8: calibrated ``amax`` of activation tensors (``quantize`` reads them)
+    activation_ranges: Optional[Dict[str, float]] = None
+    #: INT8: names of the nodes ``quantize`` quantized (written by it)
+    quantized_nodes: List[str] = field(default_factory=list)
     memory_plan: Optional["memory_plan.MemoryPlan"] = None
 
 
@@ -50,7 +55,9 @@ class PassContext:
 #: Transposes before it. Cleanup runs once more after the gemm fusion, which moves
 #: Reshapes behind its epilogue where they meet (and cancel) the next gemm's. Precision
 #: runs after the library-call fusions (so it types fused convs/GEMMs as a whole) and before
-#: elementwise fusion (so the casts it adds at the engine's borders join kernels).
+#: elementwise fusion (so the casts it adds at the engine's borders join kernels); quantize
+#: runs just before precision, so calibration can measure the graph as it stands there
+#: (``CALIBRATION_POINT``) and the precision pass types the quantize ops it adds.
 PIPELINE: List[Tuple[str, Callable[[Graph, PassContext], None]]] = [
     ("constant_folding", constant_folding.run),
     ("cleanup", cleanup.run),
@@ -64,10 +71,24 @@ PIPELINE: List[Tuple[str, Callable[[Graph, PassContext], None]]] = [
     ("conv_fusion", conv_fusion.run),
     ("gemm_fusion", gemm_fusion.run),
     ("cleanup_after_fusion", cleanup.run),
+    ("quantize", quantize.run),
     ("precision", precision.run),
     ("elementwise_fusion", elementwise_fusion.run),
     ("memory_plan", memory_plan.run),
 ]
+
+
+#: INT8 calibration runs the graph as it is after the passes before this one.
+CALIBRATION_POINT = "quantize"
+
+
+def split_pipeline(at: str = CALIBRATION_POINT) -> Tuple[List, List]:
+    """:data:`PIPELINE` as (the passes before ``at``, ``at`` and the passes after it)."""
+    names = [name for name, _ in PIPELINE]
+    if at not in names:
+        raise ValueError(f"no pass named {at!r}; passes: {names}")
+    k = names.index(at)
+    return PIPELINE[:k], PIPELINE[k:]
 
 
 @dataclass
@@ -92,6 +113,7 @@ class PassReport:
     precision: str
     stats: List[PassStat] = field(default_factory=list)
     memory_plan: Optional["memory_plan.MemoryPlan"] = None
+    quantized_nodes: List[str] = field(default_factory=list)
 
     def format(self) -> str:
         """Human-readable table: one line per pass with node counts, time and op deltas."""
@@ -105,7 +127,8 @@ class PassReport:
 
 def run_pipeline(graph: Graph, *, precision: str = "FP32",
                  precision_overrides: Optional[Dict[str, str]] = None, allow_tf32: bool = True,
-                 pipeline: Optional[List[Tuple[str, Callable]]] = None) -> Tuple[Graph, PassReport]:
+                 pipeline: Optional[List[Tuple[str, Callable]]] = None,
+                 activation_ranges: Optional[Dict[str, float]] = None) -> Tuple[Graph, PassReport]:
     """Run ``pipeline`` (default :data:`PIPELINE`) on a copy of ``graph``.
 
     Returns the optimised graph and a :class:`PassReport`. Raises ``IRError`` naming the
@@ -115,7 +138,8 @@ def run_pipeline(graph: Graph, *, precision: str = "FP32",
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
     graph = graph.copy()
     graph.verify()
-    ctx = PassContext(precision=precision, precision_overrides=precision_overrides, allow_tf32=allow_tf32)
+    ctx = PassContext(precision=precision, precision_overrides=precision_overrides, allow_tf32=allow_tf32,
+                      activation_ranges=activation_ranges)
     report = PassReport(precision=precision)
     for name, fn in (PIPELINE if pipeline is None else pipeline):
         before = graph.summary()
@@ -128,4 +152,5 @@ def run_pipeline(graph: Graph, *, precision: str = "FP32",
             raise IRError(f"after pass {name!r}: {e}") from e
         report.stats.append(PassStat(name, before, graph.summary(), seconds))
     report.memory_plan = ctx.memory_plan
+    report.quantized_nodes = list(ctx.quantized_nodes)
     return graph, report

@@ -100,7 +100,9 @@ def _affine(graph: Graph, node: Node, x: str, rank: int, axis: int):
         return None
     vec = vec.astype(np.float64)
     one, zero = np.ones_like(vec), np.zeros_like(vec)
-    return {"Mul": (vec, zero), "Div": (1.0 / vec, zero), "Add": (one, vec), "Sub": (one, -vec)}[node.op]
+    if node.op == "Div":  # x / 0 is inf or nan: folding 1/0 into weights would not keep that
+        return None if np.any(vec == 0) else (1.0 / vec, zero)
+    return {"Mul": (vec, zero), "Add": (one, vec), "Sub": (one, -vec)}[node.op]
 
 
 def _fold_into_producer(graph: Graph, node: Node) -> bool:

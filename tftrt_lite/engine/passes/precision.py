@@ -39,7 +39,11 @@ from tftrt_lite.engine.ir import Graph, Node, Tensor, saturate_cast
 from tftrt_lite.engine.passes.graph_edit import VIEW_OPS, make_node
 
 #: engine precision → the dtype its reduced nodes compute in (None: everything float32).
-REDUCED_DTYPES = {"FP32": None, "FP16": "float16", "BF16": "bfloat16"}
+#: INT8 engines are FP16 engines whose convolutions and GEMMs read int8-quantized operands
+#: (the ``quantize`` pass, just before this one).
+REDUCED_DTYPES = {"FP32": None, "FP16": "float16", "BF16": "bfloat16", "INT8": "float16"}
+#: node attr: this node keeps float32 whatever the engine's precision (set by other passes).
+KEEP_FLOAT32 = "keep_float32"
 #: per-node override values → dtype
 OVERRIDE_DTYPES = {"FP32": "float32", "FP16": "float16", "BF16": "bfloat16"}
 
@@ -98,6 +102,8 @@ class _Retyper:
         for pattern, dtype in self.overrides:
             if pattern.search(node.name):
                 return dtype
+        if node.attrs.get(KEEP_FLOAT32):
+            return None
         return self.reduced if node.op in REDUCIBLE else None
 
     def run(self) -> None:
