@@ -16,12 +16,7 @@ import model_zoo
 import tftrt_lite
 import zoo
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def no_fallback(monkeypatch):
-    monkeypatch.setenv("TFTRT_LITE_ALLOW_NATIVE_FALLBACK", "0")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_fallback")]
 
 
 _loaded = {}

@@ -25,7 +25,7 @@ import pytest
 from test_executor_gpu import MODELS, assert_close_tf32, harness, kernel_cache, random_feeds  # noqa: F401
 from tftrt_lite.engine import build_engine
 
-pytestmark = [pytest.mark.gpu,
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_fallback"),
               pytest.mark.skipif(os.environ.get("TFTRT_LITE_CUDA_GRAPHS") in ("0", "false"),
                                  reason="CUDA graphs are disabled by TFTRT_LITE_CUDA_GRAPHS")]
 
@@ -186,11 +186,6 @@ def test_env_switch_turns_capture_off_with_the_same_results(harness, tmp_path):
 
 
 # --------------------------------------------------------------------------- TensorFlow
-@pytest.fixture(autouse=True)
-def no_fallback(monkeypatch):
-    monkeypatch.setenv("TFTRT_LITE_ALLOW_NATIVE_FALLBACK", "0")
-
-
 @pytest.fixture(scope="module")
 def converted_bert(tmp_path_factory):
     """(original serving fn, path of the converted SavedModel) of the zoo's BERT encoder."""

@@ -18,13 +18,8 @@ import model_zoo
 import tftrt_lite
 import zoo
 
-pytestmark = [pytest.mark.gpu,
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_fallback"),
               pytest.mark.skipif(len(tf.config.list_physical_devices("GPU")) < 2, reason="needs two GPUs")]
-
-
-@pytest.fixture(autouse=True)
-def no_fallback(monkeypatch):
-    monkeypatch.setenv("TFTRT_LITE_ALLOW_NATIVE_FALLBACK", "0")
 
 
 @pytest.fixture(scope="module")
