@@ -185,7 +185,7 @@ def test_fallback_can_be_disabled_so_tests_prove_engines_ran(split_model, tmp_pa
     ({"calibration_table": "t.json"}, ValueError, "calibration_table is for precision_mode='INT8'"),
     ({"calibration_algorithm": "mse"}, ValueError, "calibration_algorithm='mse'"),
     ({"precision_mode": "FP64"}, ValueError, "precision_mode='FP64'"),
-    ({"dynamic_shape_profile_strategy": "Range"}, NotSupportedYetError, "dynamic_shape_profile_strategy"),
+    ({"dynamic_shape_profile_strategy": "Fastest"}, ValueError, "dynamic_shape_profile_strategy='Fastest'"),
     ({"minimum_segment_size": 0}, ValueError, "minimum_segment_size"),
     ({"precision_overrides": {"dense": "FP8"}}, ValueError, "must be one of"),
     ({"allow_tf32": "yes"}, ValueError, "allow_tf32"),
@@ -193,6 +193,12 @@ def test_fallback_can_be_disabled_so_tests_prove_engines_ran(split_model, tmp_pa
 def test_invalid_or_not_yet_supported_options_are_named(split_model, kwargs, error, match):
     with pytest.raises(error, match=match):
         tftrt_lite.Converter(input_saved_model_dir=split_model, **kwargs)
+
+
+@pytest.mark.parametrize("strategy", ["Range", "optimal", "Range+Optimal", "ImplicitBatchModeCompatible"])
+def test_tf_trt_profile_strategies_are_accepted(split_model, strategy):
+    tftrt_lite.Converter(input_saved_model_dir=split_model, use_dynamic_shape=True,
+                         dynamic_shape_profile_strategy=strategy)
 
 
 def test_calibration_input_fn_is_for_int8_only(split_model):

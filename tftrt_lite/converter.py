@@ -65,6 +65,9 @@ TrtConversionParams = collections.namedtuple(
 TrtConversionParams.__new__.__defaults__ = (
     DEFAULT_TRT_MAX_WORKSPACE_SIZE_BYTES, TrtPrecisionMode.FP32, 3, 1, True, True)
 ConversionParams = TrtConversionParams
+#: TF-TRT's optimization-profile strategies (case-insensitive), accepted so its scripts run
+#: unchanged. They choose nothing here: see ``TrtGraphConverterV2``.
+PROFILE_STRATEGIES = ("Range", "Optimal", "Range+Optimal", "ImplicitBatchModeCompatible")
 
 
 def _check_params(params: TrtConversionParams, use_dynamic_shape, profile_strategy) -> str:
@@ -81,10 +84,10 @@ def _check_params(params: TrtConversionParams, use_dynamic_shape, profile_strate
         raise ValueError(f"maximum_cached_engines must be a positive int, got {params.maximum_cached_engines!r}")
     if not isinstance(params.max_workspace_size_bytes, int) or params.max_workspace_size_bytes <= 0:
         raise ValueError(f"max_workspace_size_bytes must be a positive int, got {params.max_workspace_size_bytes!r}")
-    if profile_strategy is not None:
-        raise NotSupportedYetError(
-            f"not supported yet: dynamic_shape_profile_strategy={profile_strategy!r} "
-            "(engines already accept every input shape; per-range tactics are not available)")
+    if profile_strategy is not None and str(profile_strategy).lower() not in \
+            [s.lower() for s in PROFILE_STRATEGIES]:
+        raise ValueError(f"dynamic_shape_profile_strategy={profile_strategy!r} is not one of "
+                         f"{', '.join(PROFILE_STRATEGIES)}")
     if use_dynamic_shape not in (None, True, False):
         raise ValueError(f"use_dynamic_shape must be a bool or None, got {use_dynamic_shape!r}")
     return precision
@@ -110,11 +113,15 @@ class _ConvertedSignature:
 class TrtGraphConverterV2:
     """Convert a SavedModel so its supported subgraphs run as tftrt_lite engines.
 
-    Arguments are TF-TRT's. ``use_dynamic_shape`` is accepted for compatibility:
-    engines are always built with symbolic dimensions, so one engine serves every
-    shape the signature allows. ``allow_build_at_runtime`` likewise: engines never
-    need a runtime rebuild. ``maximum_cached_engines`` is how many input-shape sets
-    per engine get a captured CUDA graph at run time (others run uncaptured).
+    Arguments are TF-TRT's. ``use_dynamic_shape`` and ``dynamic_shape_profile_strategy``
+    (any of :data:`PROFILE_STRATEGIES`) are accepted for compatibility: engines are
+    always built with symbolic dimensions, so one engine serves every shape the
+    signature allows and there are no optimization profiles to choose. What TensorRT's
+    "Optimal" profiles buy, tactics tuned for the exact shape, every strategy gets here:
+    library algorithms are timed per distinct shape on its first call (or in ``build``).
+    ``allow_build_at_runtime`` likewise: engines never need a runtime rebuild.
+    ``maximum_cached_engines`` is how many input-shape sets per engine get a captured
+    CUDA graph at run time (others run uncaptured).
 
     Beyond TF-TRT: ``precision_mode`` also takes "BF16"; ``precision_overrides``
     (``{node-name regex: "FP32" | "FP16" | "BF16"}``) pins matching engine nodes to a
