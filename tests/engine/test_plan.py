@@ -14,6 +14,7 @@ from tftrt_lite.engine.plan import (
     FilterLayout, GemmStep, KernelArg, KernelEntry, KernelImage, LaunchStep, Layout, Plan, PlanExpr,
     PlanFormatError, Section, Storage, SymbolBinding, WeightPacker, deserialize_plan, graph_from_json,
     graph_to_json, read_sections, serialize_plan)
+from tftrt_lite.errors import TftrtLiteError
 
 HEADER = os.path.join(os.path.dirname(__file__), "..", "..", "tftrt_lite", "runtime", "cc", "plan_format.h")
 
@@ -126,8 +127,9 @@ def test_bad_plans_are_rejected_with_clear_errors(mutate, message):
         bad = bytearray(bad)
         struct.pack_into("<Q", bad, 24 + 4, len(bad) + 8)
         bad = bytes(bad)
-    with pytest.raises(PlanFormatError, match=message):
+    with pytest.raises(PlanFormatError, match=message) as raised:
         deserialize_plan(bad)
+    assert isinstance(raised.value, TftrtLiteError)   # callers catch the project's errors in one place
 
 
 # --------------------------------------------------------------------------- C++ agreement

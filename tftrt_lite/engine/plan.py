@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tftrt_lite.engine import ir
+from tftrt_lite.errors import TftrtLiteError
 
 MAGIC = b"TFTRTLP\0"
 FORMAT_VERSION = 2
@@ -119,7 +120,7 @@ class FilterLayout:
     KRSC = 1   # NHWC convolutions' (out channels, kh, kw, in channels / groups)
 
 
-class PlanFormatError(ValueError):
+class PlanFormatError(TftrtLiteError, ValueError):
     """Plan bytes that are not a plan, of another format version, or inconsistent."""
 
 
