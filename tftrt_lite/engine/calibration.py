@@ -50,16 +50,15 @@ def calibrate_graph(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]],
     return calibrator.compute(model=graph.name)
 
 
-def ranges_for(graph: Graph, table: CalibrationTable, prefix: str = "") -> Dict[str, float]:
-    """``{tensor: amax}`` of :func:`tensors_to_calibrate` from ``table`` (keys ``prefix +
-    tensor``). A missing tensor raises ``CalibrationTableError``: the table was made for
-    another model, and building with guessed ranges would hide that."""
+def ranges_for(graph: Graph, table: CalibrationTable) -> Dict[str, float]:
+    """``{tensor: amax}`` of :func:`tensors_to_calibrate` from ``table``. A missing tensor
+    raises ``CalibrationTableError``: the table was made for another model, and building
+    with guessed ranges would hide that."""
     ranges = {}
     for t in tensors_to_calibrate(graph):
-        if prefix + t not in table.amax:
+        if t not in table.amax:
             raise CalibrationTableError(
-                f"the calibration table has no range for tensor {t!r} of engine {graph.name!r} "
-                f"(looked up as {prefix + t!r}): it was made for another model or segmentation; "
-                f"calibrate again with calibration_input_fn")
-        ranges[t] = float(table.amax[prefix + t])
+                f"the calibration table has no range for tensor {t!r} of engine {graph.name!r}: it was made "
+                f"for another model or segmentation; calibrate again with calibration_input_fn")
+        ranges[t] = float(table.amax[t])
     return ranges

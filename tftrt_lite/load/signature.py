@@ -85,12 +85,15 @@ class SignatureGraph:
         Returns ``{output name: tf.Tensor}``. Missing or unknown feed names raise
         ``KeyError`` naming the signature's inputs.
         """
-        expected = [b.name for b in self.inputs]
-        if set(feeds) != set(expected):
-            raise KeyError(f"signature {self.key!r} takes inputs {expected}; got {sorted(feeds)}")
+        self._check_feed_names(feeds)
         kwargs = {b.name: tf.convert_to_tensor(feeds[b.name], b.dtype) for b in self.inputs}
         flat = nest.flatten(self.to_function(graph_def)(**kwargs))
         return {b.name: t for b, t in zip(self.outputs, flat)}
+
+    def _check_feed_names(self, feeds: dict) -> None:
+        expected = [b.name for b in self.inputs]
+        if set(feeds) != set(expected):
+            raise KeyError(f"signature {self.key!r} takes inputs {expected}; got {sorted(feeds)}")
 
     def fetcher(self, tensor_names: list[str]):
         """A function ``feeds (input name -> array) -> {tensor name: ndarray}`` computing
@@ -102,13 +105,13 @@ class SignatureGraph:
         computed = sorted(set(tensor_names) - set(by_tensor))
         func = wrap_function.function_from_graph_def(
             self.graph_def, [b.tensor_name for b in self.inputs], computed) if computed else None
-        expected = sorted(b.name for b in self.inputs)
 
         def fetch(feeds: dict) -> dict:
-            if sorted(feeds) != expected:
-                raise KeyError(f"signature {self.key!r} takes inputs {expected}; got {sorted(feeds)}")
-            args = [tf.convert_to_tensor(feeds[b.name], b.dtype) for b in self.inputs]
-            values = dict(zip(computed, (t.numpy() for t in nest.flatten(func(*args))))) if func else {}
+            self._check_feed_names(feeds)
+            values = {}
+            if func is not None:
+                args = [tf.convert_to_tensor(feeds[b.name], b.dtype) for b in self.inputs]
+                values = dict(zip(computed, (t.numpy() for t in nest.flatten(func(*args)))))
             values.update({t: np.asarray(feeds[name]) for t, name in by_tensor.items() if t in tensor_names})
             return values
 
