@@ -5,7 +5,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tftrt_lite.engine import Engine, build_engine
 from tftrt_lite.engine.builder import bind_symbols
-from tftrt_lite.engine.plan import ArgKind, ConvStep, GemmStep, LaunchStep, Storage
+from tftrt_lite.engine.costs import symbol_values
+from tftrt_lite.engine.plan import NONE_INDEX, Activation, ArgKind, ConvStep, GemmStep, LaunchStep, Storage
 from tftrt_lite.errors import ConversionError, NotSupportedYetError, UnsupportedOpError
 
 
@@ -123,6 +124,44 @@ def test_conv_model_uses_cudnn_step_and_generated_kernels():
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     back = Engine.deserialize(engine.serialize())
     assert back.run_reference({"x": x})["y"].tobytes() == engine.run_reference({"x": x})["y"].tobytes()
+
+
+def test_pointwise_convs_become_gemm_steps():
+    """1×1 stride-1 unpadded NHWC convs map to cuBLASLt GEMMs over the pixels (residual as
+    C with beta 1, relu in the epilogue; relu6 as a kernel after); strided ones stay cuDNN."""
+    rng = np.random.default_rng(5)
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "w1", "b1"], ["c1"], name="pw1"),
+             helper.make_node("Add", ["c1", "xt"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["c2"], name="pw2"),
+             helper.make_node("Clip", ["c2", "lo", "hi"], ["r6"]),
+             helper.make_node("Conv", ["r6", "w3"], ["c3"], name="strided", strides=[2, 2]),
+             helper.make_node("Transpose", ["c3"], ["y"], perm=[0, 2, 3, 1])]
+    inits = {"w1": f32(8, 8, 1, 1), "b1": f32(8), "w2": f32(12, 8, 1, 1), "b2": f32(12),
+             "lo": np.array(0, np.float32), "hi": np.array(6, np.float32), "w3": f32(4, 12, 1, 1)}
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 6, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 3, 4])], inits)
+    engine = build_engine(model, target_arch="sm_90")
+    gemms = [s for s in engine.plan.steps if isinstance(s, GemmStep)]
+    convs = [s for s in engine.plan.steps if isinstance(s, ConvStep)]
+    assert len(gemms) == 2 and len(convs) == 1 and convs[0].strides == (2, 2)
+    residual, relu6 = gemms
+    symbols = symbol_values(engine.plan, [(3, 6, 6, 8)])
+    assert [e.evaluate(symbols) for e in (residual.m, residual.n, residual.k, residual.ldb, residual.ldd)] == \
+        [3 * 36, 8, 8, 8, 8]
+    assert residual.trans_b and not residual.trans_a and residual.c != NONE_INDEX and residual.beta == 1.0
+    assert residual.activation == Activation.RELU and residual.bias != NONE_INDEX
+    assert relu6.c == NONE_INDEX and relu6.beta == 0.0 and relu6.activation == Activation.NONE
+    after = engine.plan.steps[engine.plan.steps.index(relu6) + 1]
+    assert isinstance(after, LaunchStep)  # the clip to [0, 6], in place
+    x = f32(3, 6, 6, 8)
+    xt = x.transpose(0, 3, 1, 2)
+    r = np.maximum(np.einsum("nchw,kc->nkhw", xt, inits["w1"][:, :, 0, 0]) + inits["b1"][:, None, None] + xt, 0)
+    r6 = np.clip(np.einsum("nchw,kc->nkhw", r, inits["w2"][:, :, 0, 0]) + inits["b2"][:, None, None], 0, 6)
+    want = np.einsum("nchw,kc->nkhw", r6[:, :, ::2, ::2], inits["w3"][:, :, 0, 0]).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(engine.run_reference({"x": x})["y"], want, rtol=1e-4, atol=1e-4)
 
 
 def test_output_that_is_an_input_gets_a_copy_step():

@@ -94,6 +94,21 @@ def conv_residual_depthwise_nhwc(rng):
     return _model("conv_residual_dw", nodes, [_vi("x", ["N", 6, 6, 8])], [_vi("y", ["N", 6, 6, 4])], inits)
 
 
+def pointwise_convs_nhwc(rng):
+    """1×1 convs that run as cuBLASLt GEMMs: bias + identity shortcut + relu (the residual
+    is the GEMM's C), then bias + relu6 (a clip kernel after the GEMM), in half-odd sizes."""
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "w1", "b1"], ["c1"]),
+             helper.make_node("Add", ["c1", "xt"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["c2"]),
+             helper.make_node("Clip", ["c2", "lo", "hi"], ["r6"]),
+             helper.make_node("Transpose", ["r6"], ["y"], perm=[0, 2, 3, 1])]
+    inits = {"w1": _f32(rng, 24, 24, 1, 1, scale=0.3), "b1": _f32(rng, 24), "w2": _f32(rng, 40, 24, 1, 1, scale=0.5),
+             "b2": _f32(rng, 40), "lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
+    return _model("pointwise_convs", nodes, [_vi("x", ["N", 7, 5, 24])], [_vi("y", ["N", 7, 5, 40])], inits)
+
+
 def tanh_gelu(x, y):
     """ONNX nodes of ``y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`` (the form the GEMM fusion
     turns into a cuBLASLt GELU epilogue) and the constants they read."""
@@ -177,8 +192,9 @@ def pooling_nhwc(rng):
     return _model("pooling", nodes, [_vi("x", ["N", 8, 8, 6])], [_vi("y", ["N", 6])], {})
 
 
-MODELS = {f.__name__: f for f in (conv_pad_relu_nhwc, conv_residual_depthwise_nhwc, gemm_bias_gelu,
-                                  batched_matmul, layernorm, attention, elementwise_chain, pooling_nhwc)}
+MODELS = {f.__name__: f for f in (conv_pad_relu_nhwc, conv_residual_depthwise_nhwc, pointwise_convs_nhwc,
+                                  gemm_bias_gelu, batched_matmul, layernorm, attention, elementwise_chain,
+                                  pooling_nhwc)}
 
 
 def random_feeds(engine, batch, rng):
