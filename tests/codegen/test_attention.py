@@ -15,7 +15,7 @@ import pytest
 from tftrt_lite.codegen import emit_node
 from tftrt_lite.codegen.attention import LANE_MAPS, SHARED_LIMIT, tensor_core_plan
 from tftrt_lite.codegen.nvrtc import compile_kernel
-from tftrt_lite.engine import fused_ops, symbolic
+from tftrt_lite.engine import fused_ops, ir, symbolic
 from tftrt_lite.engine.plan import np_dtype
 from tftrt_lite.errors import UnsupportedOpError
 from ir_graphs import one_node_graph
@@ -71,6 +71,31 @@ def strided_attention_graph(dtype, heads, sq, sk, d, dv, form, mask_shape=None, 
     return one_node_graph("tftrt.Attention", inputs, [("o", dtype, ops["o"][0])], attrs)
 
 
+def merged_attention_graph(dtype, heads, s, d, shift=0, mask_shape=None, allow_tf32=None, scale=0.125):
+    """One ``tftrt.Attention`` reading Q, K and V from one merged projection [N, S, 3·H·D + 8]
+    at column offsets (the ``qkv_merge`` pass's form, its rows padded); ``shift`` moves every
+    offset by that many elements (an odd one breaks the vector paths' alignment)."""
+    hd = heads * d
+    row = 3 * hd + 8
+    strides = [symbolic.mul(s, row), d, row, 1]
+    g = ir.Graph("merged", ["qkv"] + (["mask"] if mask_shape else []), ["o"])
+    g.tensors["qkv"] = ir.Tensor("qkv", dtype, ("N", s, row))
+    g.tensors["o"] = ir.Tensor("o", dtype, ("N", s, hd))
+    inputs = ["qkv"] * 3
+    if mask_shape:
+        g.tensors["mask"] = ir.Tensor("mask", "float32", tuple(mask_shape))
+        inputs.append("mask")
+    layout = {"dims": ["N", heads, s, s, d, d], "q": strides, "k": strides, "v": strides,
+              "o": [symbolic.mul(s, hd), d, hd, 1], "shapes": {**{n: ["N", s, row] for n in "qkv"}, "o": ["N", s, hd]},
+              "offsets": {"q": shift, "k": hd + shift, "v": 2 * hd + shift}}
+    attrs = {"scale": scale, "k_transposed": 0, "layout": layout}
+    if allow_tf32 is not None:
+        attrs["allow_tf32"] = int(allow_tf32)
+    g.nodes.append(ir.Node("tftrt.Attention", "n", inputs, ["o"], attrs))
+    g.verify()
+    return g
+
+
 def emit_one(g):
     (spec,) = emit_node(g, g.nodes[0])
     return spec
@@ -124,6 +149,24 @@ def test_strided_layout_kernels_compile(dtype, form):
     exact = emit_one(strided_attention_graph(dtype, 12, "S", "S", 40, 24, form))
     assert "mma" not in exact.source and "(float)kb[key * K_S + d * K_D]" in exact.source
     compile_kernel(exact.source, exact.name, "sm_90")
+
+
+@pytest.mark.parametrize("shift", [0, 1], ids=["aligned", "odd_offsets"])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_merged_projection_offsets(dtype, shift):
+    """Q, K, V at offsets 0, H·D, 2·H·D of one buffer (one kernel parameter): the offsets
+    join the base pointers, and an odd offset turns the paired and cp.async accesses off."""
+    spec = emit_one(merged_attention_graph(dtype, 12, 128, 64, shift=shift))
+    src = spec.source
+    assert [a.value for a in spec.args if a.kind == "buffer"] == ["qkv", "o"]  # q, k, v: one parameter
+    q_off = f"{shift}LL + " if shift else ""
+    assert f"qb = in0 + {q_off}bi * " in src
+    assert f"kb = in0 + {768 + shift}LL + bi * " in src and f"vb = in0 + {1536 + shift}LL + bi * " in src
+    assert ("cp16(dst, kb + (ok ? k0 + r : 0) * K_S + col, ok);" in src) == (shift == 0)
+    if dtype == "float16":
+        assert ("qb[row * Q_S + col * Q_D].bits" in src) == (shift == 1)
+    for arch in ARCHS:
+        compile_kernel(src, spec.name, arch)
 
 
 def test_bert_einsum_layout_takes_the_fast_paths():

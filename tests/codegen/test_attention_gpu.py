@@ -8,7 +8,7 @@ scale: max |got - want| / max |want|. BERT batch 1 is also timed (printed, not a
 Strided operand layouts (``layout``: BERT's [N, S, H·D] projections read and its output
 written in place, keys-contiguous K, d-strided operands, rows too unaligned for cp.async)
 run every mode with and without a mask, the output prefilled with NaN so a missed or
-misplaced store shows.
+misplaced store shows; so do Q, K and V read at offsets of one merged projection.
 """
 
 import numpy as np
@@ -18,7 +18,7 @@ from tftrt_lite.codegen import emit_node
 from tftrt_lite.engine import fused_ops, symbolic
 from tftrt_lite.engine.plan import np_dtype
 from cuda_launch import gpu_arch, prepare, to_device, to_host
-from test_attention import STRIDED_FORMS, attention_graph, strided_attention_graph
+from test_attention import STRIDED_FORMS, attention_graph, merged_attention_graph, strided_attention_graph
 
 cupy = pytest.importorskip("cupy")
 
@@ -117,6 +117,22 @@ def test_strided_layout_matches_reference(mode, form, masked, tmp_path):
         spec, got = _run(g, feeds, env, tmp_path)
         assert ("mma.sync" in spec.source) == (mode != "fp32")
         _check(g, feeds, got, tol, f"{mode} {form} heads={heads} masked={masked}")
+
+
+@pytest.mark.parametrize("shift", [0, 1], ids=["aligned", "odd_offsets"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_merged_projection_matches_reference(mode, shift, tmp_path):
+    """Q, K, V at column offsets of one [N, S, 3·H·D + 8] buffer (the QKV merge's form):
+    BERT-base's shapes with a padding mask, and a ragged symbolic sequence without one."""
+    dtype, allow_tf32, tol = MODES[mode]
+    for heads, s, mask, env in ((BERT_HEADS, BERT_SEQ, ("N", 1, 1, BERT_SEQ), {"N": 2}),
+                                (3, "S", None, {"N": 3, "S": 45})):
+        g = merged_attention_graph(dtype, heads, s, 64, shift=shift, mask_shape=mask, allow_tf32=allow_tf32)
+        rng = np.random.default_rng([sorted(MODES).index(mode), shift, heads])
+        feeds = _inputs(g, env, rng)
+        spec, got = _run(g, feeds, env, tmp_path)
+        assert ("mma.sync" in spec.source) == (mode != "fp32")
+        _check(g, feeds, got, tol, f"{mode} shift={shift} heads={heads}")
 
 
 def bert_graph(mode, k_transposed=1):

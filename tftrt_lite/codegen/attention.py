@@ -169,6 +169,8 @@ class _Problem:
     against): the operands' leading dims, or (B, H) under a ``layout``. ``heads`` splits
     the block index into (batch, head); strides are per operand (b, h, s, d) in elements.
     ``k_cols``: K's keys are contiguous, so its tile is kept as [d][key] in shared memory.
+    Offsets are where each operand's view starts in its tensor (Q, K and V may be one
+    merged projection read at three column offsets).
     """
 
     q: str
@@ -188,6 +190,10 @@ class _Problem:
     k_cols: bool
     dtype: str
     scale: float
+    #: element offsets of Q, K and V in their tensors (a ``layout``'s ``offsets``)
+    q_off: Dim = 0
+    k_off: Dim = 0
+    v_off: Dim = 0
 
 
 def _mask_strides(mask_shape: Sequence, score_shape: Sequence, node: ir.Node) -> List:
@@ -217,7 +223,9 @@ def _parse(graph: ir.Graph, node: ir.Node) -> _Problem:
         b, h, sq, sk, d, dv = (symbolic.normalize(x) for x in layout["dims"])
         lead, heads = (b, h), h
         q_st, k_st, v_st, o_st = (tuple(symbolic.normalize(x) for x in layout[n]) for n in "qkvo")
+        offsets = tuple(symbolic.normalize(layout.get("offsets", {}).get(n, 0)) for n in "qkv")
     else:
+        offsets = (0, 0, 0)
         k_transposed = bool(node.attrs["k_transposed"])
         lead, heads = tuple(q_shape[:-2]), 1
         sq, d = q_shape[-2], q_shape[-1]
@@ -242,7 +250,7 @@ def _parse(graph: ir.Graph, node: ir.Node) -> _Problem:
                                  f"{', '.join(DTYPES)}, got {dtype}")
     k_cols = symbolic.equal(k_st[2], 1) and not symbolic.equal(k_st[3], 1)
     return _Problem(q_t, k_t, v_t, mask_t, lead, heads, sq, sk, d, dv, q_st, k_st, v_st, o_st, k_cols, dtype,
-                    float(node.attrs["scale"]))
+                    float(node.attrs["scale"]), *offsets)
 
 
 def _multiple_of(w: KernelWriter, dims: Sequence[Dim], n: int) -> str:
@@ -259,12 +267,13 @@ def _multiple_of(w: KernelWriter, dims: Sequence[Dim], n: int) -> str:
     return " && ".join(tests) or "true"
 
 
-def _vector_ok(w: KernelWriter, st: Strides, n: int) -> str:
+def _vector_ok(w: KernelWriter, st: Strides, n: int, offset: Dim = 0) -> str:
     """Whether an operand's rows can be moved ``n`` elements at a time: d contiguous, and the
-    s, h, b strides multiples of ``n`` (so vectors stay aligned on an aligned buffer)."""
+    s, h, b strides and the offset multiples of ``n`` (so vectors stay aligned on an aligned
+    buffer)."""
     if not symbolic.equal(st[3], 1):
         return "false"
-    return _multiple_of(w, (st[2], st[1], st[0]), n)
+    return _multiple_of(w, (st[2], st[1], st[0], offset), n)
 
 
 def _branch(cond: str, fast: str, slow: str) -> str:
@@ -279,15 +288,17 @@ def _branch(cond: str, fast: str, slow: str) -> str:
     return f"{pad}if ({cond}) {{\n{fast}\n{pad}}} else {{\n{slow}\n{pad}}}"
 
 
-def _operand_bases(w: KernelWriter, p: _Problem, ptrs: Sequence[Tuple[str, str, str, Strides]]) -> List[str]:
+def _operand_bases(w: KernelWriter, p: _Problem, ptrs: Sequence[Tuple[str, str, str, Strides, Dim]]) -> List[str]:
     """C lines that split the block index ``b`` into (batch, head) and point each operand's
-    base pointer (name, C type, buffer, strides) at this block's [S, D] slice."""
+    base pointer (name, C type, buffer, strides, offset) at this block's [S, D] slice."""
     if symbolic.equal(p.heads, 1):
         lines = ["  const i64 bi = b, hi = 0;"]
     else:
         lines = [f"  const i64 bi = b / {w.dim(p.heads)}, hi = b % {w.dim(p.heads)};"]
-    for name, t, buf, st in ptrs:
+    for name, t, buf, st, off in ptrs:
         terms = [f"{i} * {w.dim(x)}" for i, x in (("bi", st[0]), ("hi", st[1])) if not symbolic.equal(x, 0)]
+        if not symbolic.equal(off, 0):
+            terms.insert(0, w.dim(off))
         lines.append(f"  {t}* {name} = {buf}{''.join(' + ' + x for x in terms)};")
     return lines
 
@@ -624,15 +635,16 @@ def _emit_tensor_core(graph: ir.Graph, node: ir.Node, p: _Problem, plan: TilePla
     else:
         setup, load_mask, score = [], "", f"s[j][e] * {scale_log2}"
 
-    bases = _operand_bases(w, p, [("qb", f"const {t}", q, p.q_st), ("kb", f"const {t}", k, p.k_st),
-                                  ("vb", f"const {t}", v, p.v_st), ("ob", t, out, p.o_st)])
+    bases = _operand_bases(w, p, [("qb", f"const {t}", q, p.q_st, p.q_off),
+                                  ("kb", f"const {t}", k, p.k_st, p.k_off),
+                                  ("vb", f"const {t}", v, p.v_st, p.v_off), ("ob", t, out, p.o_st, 0)])
     if p.k_cols:
-        cond = _multiple_of(w, (p.sk, p.k_st[3], p.k_st[1], p.k_st[0]), ch)
+        cond = _multiple_of(w, (p.sk, p.k_st[3], p.k_st[1], p.k_st[0], p.k_off), ch)
         stage_k = _STAGE_K_COLS.substitute(
             CH=ch, T=t, COPY=_branch(cond, _COLS_CP16, Template(_COLS_ELEMS).substitute(CH=ch, T=t)))
     else:
-        stage_k = _stage_rows(w, "K", "k_s", "kb", "D", "KS", p.k_st, ch, t)
-    stage_v = _stage_rows(w, "V", "v_s", "vb", "DV", "VS", p.v_st, ch, t)
+        stage_k = _stage_rows(w, "K", "k_s", "kb", "D", "KS", p.k_st, p.k_off, ch, t)
+    stage_v = _stage_rows(w, "V", "v_s", "vb", "DV", "VS", p.v_st, p.v_off, ch, t)
     o_vec = _vector_ok(w, p.o_st, 2)
     if plan.tf32:
         helpers = _TF32_HELPERS
@@ -646,7 +658,7 @@ def _emit_tensor_core(graph: ir.Graph, node: ir.Node, p: _Problem, plan: TilePla
                                            LDSM_T_ROW=m["ldsm_t_row"], LDSM_T_COL=m["ldsm_t_col"])
         pair = "*reinterpret_cast<const unsigned*>(qb + row * Q_S + col)"
         elems = "((unsigned)qb[row * Q_S + col * Q_D].bits | (unsigned)qb[row * Q_S + (col + 1) * Q_D].bits << 16)"
-        q_vec = _vector_ok(w, p.q_st, 2)
+        q_vec = _vector_ok(w, p.q_st, 2, p.q_off)
         load = pair if q_vec == "true" else elems if q_vec == "false" else f"({q_vec}) ? {pair} : {elems}"
         load_q = _HALF_LOAD_Q.substitute(ROW=m["h_q_row"], COL=m["h_q_col"], LOAD=load)
         qk = _HALF_QK.substitute(LDSM="ldsm_t" if p.k_cols else "ldsm", ESIZE=esize,
@@ -670,10 +682,10 @@ def _emit_tensor_core(graph: ir.Graph, node: ir.Node, p: _Problem, plan: TilePla
 
 
 def _stage_rows(w: KernelWriter, x: str, smem: str, base: str, width: str, pitch: str, st: Strides,
-                ch: int, t: str) -> str:
+                offset: Dim, ch: int, t: str) -> str:
     """The stage loop copying a [key][d] tile of ``x`` (K or V): cp.async where aligned."""
     sub = dict(X=x, X_B=base, CH=ch, T=t)
-    copy = _branch(_vector_ok(w, st, ch), Template(_ROWS_CP16).substitute(sub),
+    copy = _branch(_vector_ok(w, st, ch, offset), Template(_ROWS_CP16).substitute(sub),
                    Template(_ROWS_ELEMS).substitute(sub))
     return _STAGE_ROWS.substitute(sub, X_S=smem, W=width, P=pitch, COPY=copy)
 
@@ -707,8 +719,9 @@ def _emit_fma(graph: ir.Graph, node: ir.Node, p: _Problem) -> KernelSpec:
              "  const i64 b = blockIdx.x;",
              "  const i64 qi = (i64)blockIdx.y * TQ + warp;",
              "  const bool active = qi < Sq;",
-             *_operand_bases(w, p, [("qb", f"const {t}", q, p.q_st), ("kb", f"const {t}", k, p.k_st),
-                                    ("vb", f"const {t}", v, p.v_st), ("ob", t, o, p.o_st)]),
+             *_operand_bases(w, p, [("qb", f"const {t}", q, p.q_st, p.q_off),
+                                    ("kb", f"const {t}", k, p.k_st, p.k_off),
+                                    ("vb", f"const {t}", v, p.v_st, p.v_off), ("ob", t, o, p.o_st, 0)]),
              "  // global element strides of the s (row) and d (column) axes of Q, K, V and O",
              "  const i64 " + ", ".join(f"{n} = {x}" for n, x in st.items()) + ";"]
     if mask_var is not None:

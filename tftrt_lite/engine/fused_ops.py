@@ -404,11 +404,13 @@ def attention(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.nd
 
         {"dims": [B, H, Sq, Sk, D, Dv],
          "q": [sb, sh, ss, sd], "k": [...], "v": [...], "o": [...],
-         "shapes": {"q": shape, "k": shape, "v": shape, "o": shape}}
+         "shapes": {"q": shape, "k": shape, "v": shape, "o": shape},
+         "offsets": {"q": oq, "k": ok, "v": ov}}          (optional; 0 when absent)
 
     Element (b, h, s, d) of the logical [B, H, S, D] operand (Q: [B, H, Sq, D], K:
     [B, H, Sk, D] — ``k_transposed`` is then ignored —, V: [B, H, Sk, Dv], O:
-    [B, H, Sq, Dv]) lives at flat element ``b·sb + h·sh + s·ss + d·sd`` of its tensor. Dims
+    [B, H, Sq, Dv]) lives at flat element ``offset + b·sb + h·sh + s·ss + d·sd`` of its
+    tensor (Q, K and V may then be one tensor: the ``qkv_merge`` pass's merged projection). Dims
     and strides are IR dims (ints or symbolic expressions); ``shapes`` holds each operand
     tensor's IR shape, from which the symbols are bound. O's views cover its tensor exactly
     once (the output is ``shapes["o"]``, every element written). The mask then broadcasts
@@ -442,13 +444,16 @@ def _attention_views(q: np.ndarray, k: np.ndarray, v: np.ndarray, layout: Dict):
     b, h, sq, sk, d, dv = (symbolic.evaluate(x, env) for x in layout["dims"])
     o_shape = tuple(symbolic.evaluate(x, env) for x in layout["shapes"]["o"])
 
+    offsets = layout.get("offsets", {})
+
     def view(x: np.ndarray, name: str, shape) -> np.ndarray:
         strides = [symbolic.evaluate(st, env) for st in layout[name]]
-        last = sum((n - 1) * st for n, st in zip(shape, strides))
-        if min(strides) < 0 or (min(shape) > 0 and last >= x.size):
-            raise ValueError(f"attention layout {name!r}: strides {strides} of a {shape} view reach past "
-                             f"the {x.size} elements of its tensor")
-        flat = np.ascontiguousarray(x).reshape(-1)
+        offset = int(offsets.get(name, 0))
+        last = offset + sum((n - 1) * st for n, st in zip(shape, strides))
+        if min(strides) < 0 or offset < 0 or (min(shape) > 0 and last >= x.size):
+            raise ValueError(f"attention layout {name!r}: strides {strides} from offset {offset} of a {shape} "
+                             f"view reach past the {x.size} elements of its tensor")
+        flat = np.ascontiguousarray(x).reshape(-1)[offset:]
         return as_strided(flat, shape, [st * flat.itemsize for st in strides], writeable=name == "o")
 
     return (view(q, "q", (b, h, sq, d)), view(k, "k", (b, h, sk, d)), view(v, "v", (b, h, sk, dv)),

@@ -115,7 +115,7 @@ def test_bert_encoder():
     ops = out.summary()
     assert ops["tftrt.Attention"] == layers
     assert ops["tftrt.LayerNorm"] == 2 * layers + 1
-    assert ops["tftrt.FusedGemm"] == 6 * layers  # q, k, v, output, ffn in, ffn out
+    assert ops["tftrt.FusedGemm"] == 4 * layers  # q|k|v merged, output, ffn in, ffn out
     gemms = [n for n in out.nodes if n.op == "tftrt.FusedGemm"]
     assert sum(1 for n in gemms if n.attrs["activation"] == "gelu_erf") == layers
     assert all(n.inputs[2] for n in gemms)  # every Dense bias fused (the zoo randomises them)

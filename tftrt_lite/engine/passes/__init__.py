@@ -30,6 +30,7 @@ from tftrt_lite.engine.passes import (
     layout,
     memory_plan,
     precision,
+    qkv_merge,
     quantize,
 )
 
@@ -53,7 +54,8 @@ class PassContext:
 #: (name, run) in execution order. Cleanup and BN folding run again after layout: the layout
 #: rewrite exposes per-channel Mul/Add and transpose pairs that were hidden behind
 #: Transposes before it. Cleanup runs once more after the gemm fusion, which moves
-#: Reshapes behind its epilogue where they meet (and cancel) the next gemm's. Precision
+#: Reshapes behind its epilogue where they meet (and cancel) the next gemm's; the QKV merge
+#: then sees each projection as one FusedGemm and its attention with its layout. Precision
 #: runs after the library-call fusions (so it types fused convs/GEMMs as a whole) and before
 #: elementwise fusion (so the casts it adds at the engine's borders join kernels); quantize
 #: runs just before precision, so calibration can measure the graph as it stands there
@@ -71,6 +73,7 @@ PIPELINE: List[Tuple[str, Callable[[Graph, PassContext], None]]] = [
     ("conv_fusion", conv_fusion.run),
     ("gemm_fusion", gemm_fusion.run),
     ("cleanup_after_fusion", cleanup.run),
+    ("qkv_merge", qkv_merge.run),
     ("quantize", quantize.run),
     ("precision", precision.run),
     ("elementwise_fusion", elementwise_fusion.run),
