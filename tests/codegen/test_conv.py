@@ -1,10 +1,13 @@
-"""The depthwise convolution kernel: which convs it claims, its NVRTC compilation, and (GPU)
-its numerics against ``fused_ops.fused_conv`` for strides, asymmetric pads, residuals,
-activations and every float storage type."""
+"""The depthwise convolution kernel: which convs it claims, how it tiles them, its NVRTC
+compilation, and (GPU) its numerics against ``fused_ops.fused_conv`` for strides,
+dilations, asymmetric pads, residuals, activations, partial tiles and every float storage
+type."""
 import numpy as np
 import pytest
 
-from tftrt_lite.codegen.conv import emit_depthwise_conv, is_depthwise
+from tftrt_lite.codegen.conv import (
+    BLOCK_Z_MAX, GRID_YZ_MAX, LIVE_FLOATS, SMEM_MAX, THREADS, Tiling, depthwise_tiling, emit_depthwise_conv,
+    is_depthwise)
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.ir import saturate_cast
@@ -12,29 +15,62 @@ from tftrt_lite.engine.reference import np_dtype, run_graph
 from cuda_launch import gpu_arch, launch, to_device, to_host
 from ir_graphs import one_node_graph
 
-#: id → (channels, kernel, stride, pads [t, l, b, r], residual, activation, params)
-CASES = {
-    "mbv2_s1_relu6": (32, 3, 1, [1, 1, 1, 1], False, "clip", [0.0, 6.0]),
-    "mbv2_s2_same_asym": (24, 3, 2, [0, 0, 1, 1], False, "clip", [0.0, 6.0]),
-    "k5_residual_none": (16, 5, 1, [2, 2, 2, 2], True, "none", []),
-    "odd_channels_silu": (7, 3, 1, [1, 0, 1, 2], False, "silu", []),
-}
+#: id → dict(channels, h, w, kernel (kh, kw), strides, pads [t, l, b, r], dilations,
+#: residual, bias, activation, params, batch). ``h``/``w`` may be symbols (stride 1, "same").
+_BASE = dict(channels=32, h=9, w=9, kernel=(3, 3), strides=(1, 1), pads=[1, 1, 1, 1], dilations=(1, 1),
+             residual=False, bias=True, activation="clip", params=[0.0, 6.0], batch=3)
+CASES = {k: {**_BASE, **v} for k, v in {
+    "mbv2_s1_relu6": {},
+    "mbv2_s1_relu6_batch1": dict(batch=1),
+    "mbv2_s2_same_asym": dict(channels=24, strides=(2, 2), pads=[0, 0, 1, 1]),
+    "s2_same_asym_odd_width": dict(channels=24, h=10, w=11, strides=(2, 2), pads=[0, 0, 1, 1]),  # 5 columns
+    "k5_residual_none": dict(channels=16, kernel=(5, 5), pads=[2, 2, 2, 2], residual=True, activation="none",
+                             params=[]),
+    "odd_channels_silu": dict(channels=7, pads=[1, 0, 1, 2], activation="silu", params=[]),  # VEC 1
+    "dilation2_residual_relu": dict(channels=40, h=11, w=13, pads=[2, 2, 2, 2], dilations=(2, 2), residual=True,
+                                    activation="relu", params=[]),
+    "width_not_multiple_of_p": dict(channels=16, h=6, w=7, residual=True, bias=False),
+    "partial_channel_block": dict(channels=260, h=5, w=6, residual=True, batch=2),
+    "k7_many_groups": dict(channels=136, h=8, w=8, kernel=(7, 7), pads=[3, 3, 3, 3], activation="none",
+                           params=[], batch=2),
+    "rect_kernel_stride": dict(channels=8, h=9, w=12, kernel=(1, 5), strides=(1, 3), pads=[0, 2, 0, 1],
+                               activation="none", params=[]),
+    "output_1x1": dict(channels=16, h=3, w=3, pads=[0, 0, 0, 0], residual=True, batch=4),
+    "large_dilation": dict(channels=8, h=12, w=20, pads=[0, 8, 0, 8], dilations=(1, 8), activation="none",
+                           params=[], batch=1),
+    "large_batch": dict(channels=16, h=5, w=5, residual=True, batch=1000),  # blocks span images
+    "symbolic_hw": dict(h="H", w="W", residual=True),
+}.items()}
+#: Values of the spatial symbols of ``symbolic_hw`` (the width is not a multiple of P).
+SPATIAL = {"H": 9, "W": 13}
 
 
-def _graph(case_id, dtype):
-    channels, k, s, pads, residual, act, params = CASES[case_id]
-    h = w = 9
-    oh = (h + pads[0] + pads[2] - k) // s + 1
-    ow = (w + pads[1] + pads[3] - k) // s + 1
+def _out(size, pad_total, k, s, d):
+    return (size + pad_total - (k - 1) * d - 1) // s + 1
+
+
+def _graph(case_id, dtype, case=None):
+    """The one-node graph of ``CASES[case_id]`` (or of ``case``) in ``dtype``."""
+    c = case or CASES[case_id]
+    (kh, kw), (sh, sw), (dh, dw), pads = c["kernel"], c["strides"], c["dilations"], c["pads"]
+    h, w = c["h"], c["w"]
+    if isinstance(h, str):
+        oh, ow = h, w
+    else:
+        oh, ow = _out(h, pads[0] + pads[2], kh, sh, dh), _out(w, pads[1] + pads[3], kw, sw, dw)
+    channels = c["channels"]
     rng = np.random.default_rng(len(case_id))
-    weights = saturate_cast(rng.standard_normal((channels, k, k, 1)), dtype)
-    bias = saturate_cast(rng.standard_normal(channels), dtype)
-    inputs = [("x", dtype, ("N", h, w, channels)), ("w", None, None), ("b", None, None)]
-    if residual:
+    consts = {"w": saturate_cast(rng.standard_normal((channels, kh, kw, 1)), dtype)}
+    inputs = [("x", dtype, ("N", h, w, channels)), ("w", None, None)]
+    if c["bias"]:
+        consts["b"] = saturate_cast(rng.standard_normal(channels), dtype)
+    if c["bias"] or c["residual"]:
+        inputs.append(("b", None, None) if c["bias"] else ("", None, None))
+    if c["residual"]:
         inputs.append(("z", dtype, ("N", oh, ow, channels)))
     return one_node_graph("tftrt.FusedConv", inputs, [("y", dtype, ("N", oh, ow, channels))],
-                          {"strides": [s, s], "pads": pads, "dilations": [1, 1], "group": channels,
-                           "activation": act, "activation_params": params}, {"w": weights, "b": bias})
+                          {"strides": [sh, sw], "pads": pads, "dilations": [dh, dw], "group": channels,
+                           "activation": c["activation"], "activation_params": c["params"]}, consts)
 
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -45,7 +81,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 def test_depthwise_kernel_compiles(case_id, dtype):
     g = _graph(case_id, dtype)
     spec = emit_depthwise_conv(g, g.nodes[0])
-    assert spec is not None and "tl_vec" in spec.source
+    assert spec is not None and "__syncthreads" in spec.source
     for arch in ("sm_80", "sm_90"):
         assert compile_kernel(spec.source, spec.name, arch).cubin[:4] == b"\x7fELF"
 
@@ -57,6 +93,83 @@ def test_only_depthwise_convs_are_claimed():
     assert not is_depthwise(g, g.nodes[0]) and emit_depthwise_conv(g, g.nodes[0]) is None
 
 
+# --------------------------------------------------------------------------- tiling (CPU)
+#: MobileNetV2's depthwise convs (fp16 engine, and one fp32): (channels, vec, kernel, stride,
+#: output width) → the tiling. E.g. block_2: 18 channel groups × 14 four-pixel tiles = 252
+#: threads, one output row per block, one channel block.
+MBV2 = {
+    "expanded_conv_112x32": ((32, 8, (3, 3), 1, 112), Tiling(8, 4, 4, 28, 2, 1, 1)),
+    "block_1_s2_56x96": ((96, 8, (3, 3), 2, 56), Tiling(8, 4, 12, 14, 1, 1, 1)),
+    "block_2_56x144": ((144, 8, (3, 3), 1, 56), Tiling(8, 4, 18, 14, 1, 1, 1)),
+    "block_4_28x192": ((192, 8, (3, 3), 1, 28), Tiling(8, 4, 24, 7, 1, 1, 1)),
+    "block_11_14x576": ((576, 8, (3, 3), 1, 14), Tiling(8, 4, 24, 4, 2, 3, 1)),
+    "block_14_7x960": ((960, 8, (3, 3), 1, 7), Tiling(8, 4, 30, 2, 4, 4, 1)),
+    "block_2_fp32": ((144, 4, (3, 3), 1, 56), Tiling(4, 4, 18, 14, 1, 2, 1)),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(MBV2))
+def test_tiling_of_mobilenet_v2_layers(layer):
+    (channels, vec, kernel, stride, out_w), want = MBV2[layer]
+    assert depthwise_tiling(channels, vec, kernel, stride, 1, out_w) == want
+
+
+@pytest.mark.parametrize("channels,vec", [(7, 1), (32, 8), (144, 8), (260, 4), (576, 8), (2304, 8), (3, 1)])
+@pytest.mark.parametrize("kernel,stride,dilation", [((3, 3), 1, 1), ((3, 3), 2, 1), ((5, 5), 1, 1),
+                                                    ((7, 7), 2, 1), ((3, 3), 1, 8), ((9, 9), 4, 1),
+                                                    ((1, 5), 3, 1)])
+@pytest.mark.parametrize("out_w", [1, 3, 7, 14, 56, 1000, 300000, "W"])
+def test_tiling_respects_cuda_limits_and_budgets(channels, vec, kernel, stride, dilation, out_w):
+    t = depthwise_tiling(channels, vec, kernel, stride, dilation, out_w)
+    groups = channels // vec
+    assert t.vec == vec and t.threads <= THREADS and t.block_rows <= BLOCK_Z_MAX
+    assert t.channel_blocks * t.block_groups >= groups > (t.channel_blocks - 1) * t.block_groups
+    assert t.channel_blocks <= GRID_YZ_MAX and 1 <= t.tile_blocks <= GRID_YZ_MAX
+    assert kernel[0] * kernel[1] * t.block_channels * 4 <= SMEM_MAX
+    live_taps = min(kernel[1], (t.pixels - 1) * stride // dilation + 1)
+    assert t.pixels == 1 or vec * (t.pixels + live_taps + 1) <= LIVE_FLOATS
+    if isinstance(out_w, int):
+        tiles = -(-out_w // t.pixels)
+        assert t.pixels // 2 < out_w  # no thread tile of pure padding
+        # the grid covers the row, or blocks loop over the x-tiles grid.z cannot reach
+        assert t.tile_blocks * t.block_tiles >= tiles or t.tile_blocks == GRID_YZ_MAX
+    else:
+        assert t.tile_blocks == 1  # a symbolic width is walked by a loop
+
+
+def test_wide_stride_halves_the_pixels_per_thread():
+    """9 taps of stride 4 keep every tap live over four pixels: 8·(4 + 9 + 1) floats
+    exceed the budget, so each thread takes two pixels."""
+    assert depthwise_tiling(64, 8, (9, 9), 4, 1, 100).pixels == 2
+    assert depthwise_tiling(64, 8, (3, 3), 1, 1, 100).pixels == 4
+
+
+def test_filters_too_large_to_stage_are_left_to_cudnn():
+    assert depthwise_tiling(64, 8, (41, 41), 1, 1, 64) is None
+    assert depthwise_tiling(64, 8, (39, 39), 1, 1, 64) is not None
+    g = _graph("", "float16", {**_BASE, "h": 41, "w": 41, "kernel": (41, 41), "pads": [20] * 4})
+    assert is_depthwise(g, g.nodes[0]) and emit_depthwise_conv(g, g.nodes[0]) is None
+
+
+@pytest.mark.parametrize("case_id,columns", [("mbv2_s1_relu6", 6), ("mbv2_s2_same_asym", 9),
+                                             ("large_dilation", 12), ("k5_residual_none", 8)])
+def test_each_filter_row_streams_each_input_column_once(case_id, columns):
+    """P=4 outputs of a 3x3 stride-1 row read 6 input columns (not 12), stride 2 reads 9,
+    a dilation of 8 only the 12 columns its taps touch, and 5x5 reads 8."""
+    g = _graph(case_id, "float16")
+    source = emit_depthwise_conv(g, g.nodes[0]).source
+    assert source.count("(xn + (xo + ") == columns
+
+
+def test_grid_puts_the_unbounded_rows_on_x():
+    g = _graph("symbolic_hw", "float16")
+    spec = emit_depthwise_conv(g, g.nodes[0])
+    rows, channel_blocks, tiles = spec.grid
+    assert symbolic.equal(rows.numerator, "N*H") and channel_blocks.numerator == 1 and tiles.numerator == 1
+    assert spec.block[0] * spec.block[1] * spec.block[2] <= THREADS
+
+
+# --------------------------------------------------------------------------- GPU numerics
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case_id", sorted(CASES))
@@ -64,16 +177,21 @@ def test_depthwise_kernel_matches_reference(case_id, dtype, tmp_path):
     arch = gpu_arch()
     if arch is None:
         pytest.skip("needs a CUDA GPU visible to CuPy")
-    env = {"N": 3}
+    env = {"N": CASES[case_id]["batch"], **SPATIAL}
     g = _graph(case_id, dtype)
     rng = np.random.default_rng(5)
-    feeds = {t: saturate_cast(rng.standard_normal([symbolic.evaluate(d, env) for d in g.tensor(t).shape]), dtype)
+    feeds = {t: saturate_cast(2 * rng.standard_normal([symbolic.evaluate(d, env) for d in g.tensor(t).shape]), dtype)
              for t in g.inputs}
     want = run_graph(g, feeds)["y"].astype(np.float32)
     buffers = {t: to_device(v) for t, v in feeds.items()}
-    buffers.update({t: to_device(g.tensor(t).value) for t in ("w", "b")})
-    buffers["y"] = to_device(np.full(want.shape, np.nan, np_dtype(dtype)))
+    buffers.update({t: to_device(g.tensor(t).value) for t in ("w", "b") if t in g.tensors})
+    # the output and 4 KiB past it start as NaN: every output written, nothing beyond it
+    guard = 4096 // np.dtype(np_dtype(dtype)).itemsize
+    out = to_device(np.full(want.size + guard, np.nan, np_dtype(dtype)))
+    buffers["y"] = out[:want.size].reshape(want.shape)
     launch(emit_depthwise_conv(g, g.nodes[0]), buffers, env, arch, tmp_path)
     got = to_host(buffers["y"], dtype)
+    tail = to_host(out[want.size:], dtype)
+    assert np.isnan(tail.astype(np.float32)).all(), "the kernel wrote past its output"
     tol = 1e-5 if dtype == "float32" else 1e-2
     np.testing.assert_allclose(got.astype(np.float32), want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))
