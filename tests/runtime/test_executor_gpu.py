@@ -96,7 +96,9 @@ def conv_residual_depthwise_nhwc(rng):
 
 def pointwise_convs_nhwc(rng):
     """1×1 convs that run as cuBLASLt GEMMs: bias + identity shortcut + relu (the residual
-    is the GEMM's C), then bias + relu6 (a clip kernel after the GEMM), in half-odd sizes."""
+    is the GEMM's C), then bias + relu6 (a clip kernel after the GEMM) to 40 channels. The
+    inner dim is kept at 8 so two chained TF32 GEMMs stay well inside the TF32 tolerance
+    (measured against the output's scale, which the clip at 6 caps)."""
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["xt", "w1", "b1"], ["c1"]),
              helper.make_node("Add", ["c1", "xt"], ["s"]),
@@ -104,9 +106,9 @@ def pointwise_convs_nhwc(rng):
              helper.make_node("Conv", ["r", "w2", "b2"], ["c2"]),
              helper.make_node("Clip", ["c2", "lo", "hi"], ["r6"]),
              helper.make_node("Transpose", ["r6"], ["y"], perm=[0, 2, 3, 1])]
-    inits = {"w1": _f32(rng, 24, 24, 1, 1, scale=0.3), "b1": _f32(rng, 24), "w2": _f32(rng, 40, 24, 1, 1, scale=0.5),
+    inits = {"w1": _f32(rng, 8, 8, 1, 1, scale=0.35), "b1": _f32(rng, 8), "w2": _f32(rng, 40, 8, 1, 1, scale=0.8),
              "b2": _f32(rng, 40), "lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
-    return _model("pointwise_convs", nodes, [_vi("x", ["N", 7, 5, 24])], [_vi("y", ["N", 7, 5, 40])], inits)
+    return _model("pointwise_convs", nodes, [_vi("x", ["N", 7, 5, 8])], [_vi("y", ["N", 7, 5, 40])], inits)
 
 
 def tanh_gelu(x, y):
