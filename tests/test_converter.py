@@ -20,7 +20,7 @@ import model_zoo
 import tftrt_lite
 import zoo
 from tftrt_lite.engine import Engine
-from tftrt_lite.errors import NotSupportedYetError, TftrtLiteError
+from tftrt_lite.errors import TftrtLiteError
 from tftrt_lite.verify import verify_engine
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -181,7 +181,8 @@ def test_fallback_can_be_disabled_so_tests_prove_engines_ran(split_model, tmp_pa
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"precision_mode": "INT8", "use_calibration": False}, NotSupportedYetError, "use_calibration=False"),
+    ({"precision_mode": "INT8", "use_calibration": False, "calibration_table": "t.json"}, ValueError,
+     "calibration_table is for use_calibration=True"),
     ({"calibration_table": "t.json"}, ValueError, "calibration_table is for precision_mode='INT8'"),
     ({"calibration_algorithm": "mse"}, ValueError, "calibration_algorithm='mse'"),
     ({"precision_mode": "FP64"}, ValueError, "precision_mode='FP64'"),

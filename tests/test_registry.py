@@ -30,9 +30,15 @@ def _check(build, node_name, **kwargs):
     return REGISTRY.check(view.node(node_name), view)
 
 
+#: TF ops tf2onnx lowers with a graph rewriter (tf2onnx/rewriter/quantization_ops_rewriter.py)
+#: before its handlers run, so they have no handler of their own
+REWRITTEN_BY_TF2ONNX = {"QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4"}
+
+
 def test_every_entry_has_a_tf2onnx_handler_at_the_pinned_opset():
     mapping = handler.tf_op.create_mapping(ONNX_OPSET, [])
-    missing = sorted(t for t in REGISTRY.supported_types() if t not in mapping and t != "Const")
+    missing = sorted(t for t in REGISTRY.supported_types()
+                     if t not in mapping and t != "Const" and t not in REWRITTEN_BY_TF2ONNX)
     assert not missing
 
 
@@ -109,3 +115,60 @@ def test_registering_twice_is_an_error():
         REGISTRY.register({"Relu": ["Relu"]})(lambda node, view: None)
     with pytest.raises(KeyError, match="Cumsum"):
         REGISTRY.onnx_ops("Cumsum")
+
+
+def test_fake_quant_validators_refuse_what_tf2onnx_cannot_lower():
+    fq = tf.quantization.fake_quant_with_min_max_vars
+    assert _check(lambda x: fq(x, -1.0, 2.0, name="q"), "q").ok
+    assert _check(lambda x: tf.quantization.fake_quant_with_min_max_args(x, -1.0, 2.0, name="q"), "q").ok
+    assert _check(lambda x: fq(x, -1.0, 2.0, narrow_range=True, name="q"), "q").reason == \
+        "FakeQuantWithMinMaxVars with narrow_range=True"
+    assert _check(lambda x: fq(x, -1.0, 2.0, num_bits=4, name="q"), "q").reason == \
+        "FakeQuantWithMinMaxVars with num_bits=4 (only 8)"
+    assert _check(lambda x: fq(x, tf.reduce_min(x), 2.0, name="q"), "q").reason == \
+        "FakeQuantWithMinMaxVars with a non-constant or non-scalar min"
+    # tf2onnx needs a uint8 zero point; TF would nudge the range to contain 0 instead
+    assert _check(lambda x: fq(x, 0.5, 2.0, name="q"), "q").reason == \
+        "FakeQuantWithMinMaxVars with a range [0.5, 2.0] that does not contain 0"
+    assert _check(lambda x: fq(x, 1.0, 1.0, name="q"), "q").reason == "FakeQuantWithMinMaxVars with min 1.0 >= max 1.0"
+    per_channel = _check(lambda x: tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        x, [-1.0] * 3, [1.0] * 3, name="q"), "q")
+    assert per_channel.reason == "no lowering for op type FakeQuantWithMinMaxVarsPerChannel"
+
+
+def test_quantize_and_dequantize_validators():
+    def v2(**kw):
+        return lambda x: tf.raw_ops.QuantizeAndDequantizeV2(input=x, input_min=-1.0, input_max=1.0, name="q",
+                                                            **{"range_given": True, **kw})
+    assert _check(v2(), "q").ok
+    assert _check(v2(signed_input=False), "q").ok
+    assert _check(v2(range_given=False), "q").reason == \
+        "QuantizeAndDequantizeV2 with range_given=False (a range measured at run time)"
+    assert _check(v2(num_bits=4), "q").reason == "QuantizeAndDequantizeV2 with num_bits=4 (only 8)"
+    assert _check(v2(round_mode="HALF_UP"), "q").reason == "QuantizeAndDequantizeV2 with round_mode HALF_UP"
+    # tf2onnx saturates narrow_range=True at -128 where TF clamps at -127
+    assert _check(v2(narrow_range=True), "q").reason == \
+        "QuantizeAndDequantizeV2 with narrow_range=True on a computed input"
+    computed = _check(lambda x: tf.raw_ops.QuantizeAndDequantizeV4(
+        input=x, input_min=tf.reduce_min(x), input_max=1.0, range_given=True, name="q"), "q")
+    assert computed.reason == "QuantizeAndDequantizeV4 with a non-constant min"
+
+    def v3(bits=8, axis=3, lo=(-1.0, -2.0, -3.0), hi=(1.0, 2.0, 3.0)):
+        return lambda x: tf.raw_ops.QuantizeAndDequantizeV3(input=x, input_min=list(lo), input_max=list(hi),
+                                                            num_bits=bits, axis=axis, name="q")
+    assert _check(v3(), "q").ok
+    assert _check(v3(bits=7), "q").reason == "QuantizeAndDequantizeV3 with num_bits other than a constant 8"
+    assert _check(v3(lo=(0.0,) * 3, hi=(1.0, 0.0, 1.0)), "q").reason == \
+        "QuantizeAndDequantizeV3 with an empty range (scale 0)"
+
+
+def test_narrow_range_on_a_constant_weight_is_exact_when_nothing_rounds_to_minus_128():
+    w = np.array([[-1.0, 0.5], [0.25, -0.004]], np.float32)
+
+    def weight(amax):
+        return lambda x: tf.matmul(x[:, 0, 0, :2], tf.raw_ops.QuantizeAndDequantizeV2(
+            input=w, input_min=[-amax, -0.5], input_max=[amax, 0.5], range_given=True, narrow_range=True, axis=1,
+            name="q"))
+    assert _check(weight(1.0), "q").ok                      # the weight's own range: -1 → -127
+    assert _check(weight(0.9), "q").reason == \
+        "QuantizeAndDequantizeV2 with narrow_range=True on values below the range"     # -1 → -141

@@ -29,6 +29,8 @@ def _convert(args) -> int:
 
     if args.save_calibration_table and args.precision.upper() != "INT8":
         raise SystemExit("--save-calibration-table: only an INT8 conversion has a calibration table")
+    if args.save_calibration_table and args.no_calibration:
+        raise SystemExit("--save-calibration-table: --no-calibration measures no ranges, so there is no table")
     try:
         conv = Converter(input_saved_model_dir=args.input_dir,
                          input_saved_model_tags=args.tags.split(",") if args.tags else None,
@@ -37,7 +39,7 @@ def _convert(args) -> int:
                          minimum_segment_size=args.min_segment_size,
                          precision_overrides=_parse_overrides(args.precision_override),
                          allow_tf32=not args.no_tf32, calibration_algorithm=args.calibration_algorithm,
-                         calibration_table=args.calibration_table)
+                         calibration_table=args.calibration_table, use_calibration=not args.no_calibration)
         conv.convert(calibration_input_fn=_calibration_batches(args.calibration_data, args.calibration_batch_size))
     except (ValueError, TftrtLiteError) as e:  # bad options or data: say which, no traceback
         print(f"tftrt-lite convert: error: {e}", file=sys.stderr)
@@ -231,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8: reuse a saved calibration table instead of calibrating")
     c.add_argument("--save-calibration-table", metavar="FILE.json",
                    help="INT8: also write the calibration table to this file")
+    c.add_argument("--no-calibration", action="store_true",
+                   help="INT8: take the quantization from the model's fake-quant nodes (quantization-aware "
+                        "training) instead of calibrating (TF-TRT's use_calibration=False)")
     c.add_argument("--min-segment-size", type=int, default=3)
     c.add_argument("--signature", default=None, help="convert only this signature (default: all)")
     c.add_argument("--tags", default=None, help="comma-separated MetaGraph tags (default: serve)")

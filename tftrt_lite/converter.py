@@ -34,6 +34,7 @@ from tftrt_lite.engine.plan import FORMAT_VERSION
 from tftrt_lite.errors import NotSupportedYetError, TftrtLiteError
 from tftrt_lite.load import load_saved_model
 from tftrt_lite.lower import lower_segment
+from tftrt_lite.registry import FAKE_QUANT_OPS
 from tftrt_lite.replace import EngineSpec, replace_segments
 from tftrt_lite.save import CALIBRATION_TABLE_PATH, save_functions
 from tftrt_lite.segment import segment_graph
@@ -134,6 +135,12 @@ class TrtGraphConverterV2:
     The ranges form :attr:`calibration_table`, saved with the model; pass it back as
     ``calibration_table`` (a ``CalibrationTable`` or the path of a saved one) to convert
     the same model again without calibrating.
+
+    INT8 with ``use_calibration=False`` (TF-TRT's and TensorRT's explicit precision): a
+    quantization-aware model's fake-quant nodes (``FakeQuantWithMinMaxVars``/``Args``,
+    ``QuantizeAndDequantizeV2/V3/V4``) are its quantization; engines compute them as
+    TensorFlow does and add none of their own, so ``convert()`` takes no calibration data.
+    A model without such nodes is refused (calibrate it instead).
     """
 
     def __init__(self,
@@ -171,6 +178,8 @@ class TrtGraphConverterV2:
         self._allow_tf32 = allow_tf32
         self._calibration_algorithm, self._given_table = _check_calibration(
             self._precision, conversion_params.use_calibration, calibration_algorithm, calibration_table)
+        #: INT8 from the model's own fake-quant nodes (TF-TRT's use_calibration=False)
+        self._explicit_int8 = self._precision == "INT8" and not conversion_params.use_calibration
         self._calibration_table = None
         self._calibration_counts = (0, 0)   # (batches, samples) of the last calibration
         self._params = conversion_params
@@ -193,7 +202,11 @@ class TrtGraphConverterV2:
         if calibration_input_fn is not None and self._precision != "INT8":
             raise ValueError(f"calibration_input_fn is for precision_mode='INT8' only (this converter "
                              f"builds {self._precision} engines)")
-        if self._precision == "INT8" and calibration_input_fn is None and self._given_table is None:
+        if self._explicit_int8 and calibration_input_fn is not None:
+            raise ValueError("calibration_input_fn: this converter has use_calibration=False, so its INT8 "
+                             "engines take their ranges from the model's fake-quant nodes and calibrate nothing")
+        if self._precision == "INT8" and not self._explicit_int8 and calibration_input_fn is None \
+                and self._given_table is None:
             raise ValueError("an INT8 conversion needs calibration data: convert(calibration_input_fn=...) "
                              "yielding input batches, or Converter(calibration_table=...) from an earlier one")
         if calibration_input_fn is not None and not callable(calibration_input_fn):
@@ -202,13 +215,15 @@ class TrtGraphConverterV2:
         t0 = time.perf_counter()
         loaded = load_saved_model(self._input_dir, self._tags, self._signature_key)
         self._timings["load_s"] = time.perf_counter() - t0
+        if self._explicit_int8:
+            _check_fake_quant_nodes(loaded.signatures)
         ranges: Dict[str, float] = {}
         for key, sig in loaded.signatures.items():
             self._converted[key] = self._convert_signature(key, sig, calibration_input_fn)
             self._functions[key] = sig.to_function(self._converted[key].graph_def)
             for name, built in self._converted[key].built.items():
                 ranges.update({f"{name}:{t}": a for t, a in built.engine.activation_ranges.items()})
-        if self._precision == "INT8":
+        if self._precision == "INT8" and not self._explicit_int8:
             self._calibration_table = self._given_table or CalibrationTable(
                 amax=ranges, algorithm=self._calibration_algorithm, num_batches=self._calibration_counts[0],
                 num_samples=self._calibration_counts[1], model=os.path.basename(os.path.normpath(self._input_dir)))
@@ -244,7 +259,8 @@ class TrtGraphConverterV2:
                                       precision_overrides=self._precision_overrides, allow_tf32=self._allow_tf32,
                                       calibration_batches=calibration.get(name),
                                       activation_ranges=self._table_ranges(name),
-                                      calibration_algorithm=self._calibration_algorithm)
+                                      calibration_algorithm=self._calibration_algorithm,
+                                      use_calibration=not self._explicit_int8)
                 if os.environ.get("TFTRT_LITE_VERIFY") == "1":
                     from tftrt_lite.verify import verify_engine
                     verify_engine(engine, lowered)
@@ -299,7 +315,8 @@ class TrtGraphConverterV2:
     def calibration_table(self) -> Optional[CalibrationTable]:
         """INT8: the activation ranges every engine was built with (keys ``engine:tensor``),
         saved with the model; ``calibration_table.save(path)`` writes it for a later
-        ``Converter(calibration_table=path)``. None for other precisions."""
+        ``Converter(calibration_table=path)``. None for other precisions and for INT8 with
+        ``use_calibration=False``."""
         return self._calibration_table
 
     def engines(self, signature_key: Optional[str] = None) -> Dict[str, BuiltEngine]:
@@ -394,12 +411,24 @@ def _check_calibration(precision: str, use_calibration, algorithm, table):
             raise ValueError(f"calibration_table is for precision_mode='INT8' only, not {precision!r}")
         return algorithm, None
     if not use_calibration:
-        raise NotSupportedYetError(
-            "not supported yet: precision_mode='INT8' with use_calibration=False (ranges from fake-quant "
-            "nodes in the model); calibrate with convert(calibration_input_fn=...) instead")
+        if table is not None:
+            raise ValueError("calibration_table is for use_calibration=True: with use_calibration=False the "
+                             "ranges come from the model's fake-quant nodes")
+        return algorithm, None
     if table is not None and not isinstance(table, CalibrationTable):
         table = CalibrationTable.load(table)
     return algorithm, table
+
+
+def _check_fake_quant_nodes(signatures) -> None:
+    """Explicit INT8 needs fake-quant nodes left on activations (on weights Grappler folds them
+    into the constants): without any, its engines would quantize nothing."""
+    found = any(node.op in FAKE_QUANT_OPS for sig in signatures.values() for node in sig.graph_def.node)
+    if not found:
+        raise ValueError("precision_mode='INT8' with use_calibration=False takes its quantization from the "
+                         f"model's fake-quant nodes ({', '.join(FAKE_QUANT_OPS)}) on activations, and this "
+                         "model has none: calibrate instead (use_calibration=True and "
+                         "convert(calibration_input_fn=...))")
 
 
 def _engine_name(signature_key: str, index: int) -> str:

@@ -405,3 +405,118 @@ def _identity(node, view):
 @REGISTRY.register({"Const": []})
 def _const(node, view):
     return _dtype_in(node, "dtype", FLOAT_OR_INDEX | {tf.bool})
+
+
+# -- explicit quantization (fake-quant / QDQ nodes of quantization-aware models) -------------
+#
+# tf2onnx lowers each of these to an ONNX QuantizeLinear → DequantizeLinear pair with constant
+# scales and zero points, which the engine imports (see engine/passes/explicit_quantization.py).
+# The validators refuse every case where tf2onnx fails or where its pair would compute
+# something else than TensorFlow. FakeQuantWithMinMaxVarsPerChannel is not listed: tf2onnx has
+# no lowering for it (on a constant weight Grappler folds it away before segmentation anyway).
+
+#: TF ops of quantization-aware models that put a tensor on an 8-bit grid: what an INT8
+#: conversion with use_calibration=False takes its quantization from
+FAKE_QUANT_OPS = ("FakeQuantWithMinMaxArgs", "FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
+                  "QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3", "QuantizeAndDequantizeV4")
+
+
+def _attr(node, name: str, default):
+    """An attr's value, or the op's default when the NodeDef leaves it out (protobuf map reads
+    would insert an empty value)."""
+    if name not in node.attr:
+        return default
+    value = node.attr[name]
+    kind = value.WhichOneof("value")
+    return {"b": value.b, "i": value.i, "f": value.f, "s": value.s.decode()}.get(kind, default)
+
+
+def _fake_quant_range(node, amin: float, amax: float) -> Optional[str]:
+    """tf2onnx's uint8 grid for [amin, amax]: ``scale = (amax - amin) / 255`` and zero point
+    ``-round(amin / scale)``, which must be a uint8 (TF nudges it into range instead)."""
+    if not amin < amax:
+        return f"{node.op} with min {amin} >= max {amax}"
+    zero_point = -np.around(amin / ((amax - amin) / 255.0))
+    if not 0 <= zero_point <= 255:
+        return f"{node.op} with a range [{amin}, {amax}] that does not contain 0"
+    return None
+
+
+def _scalar_const(node, view, index: int, what: str):
+    value = view.constant(node, index)
+    if value is None or np.size(value) != 1:
+        return None, f"{node.op} with a non-constant or non-scalar {what}"
+    return float(np.asarray(value).reshape(())), None
+
+
+@REGISTRY.register({"FakeQuantWithMinMaxArgs": ["QuantizeLinear", "DequantizeLinear"],
+                    "FakeQuantWithMinMaxVars": ["QuantizeLinear", "DequantizeLinear"]})
+def _fake_quant(node, view):
+    # tf2onnx lowers neither narrow_range=True nor num_bits != 8 (it raises)
+    if _attr(node, "num_bits", 8) != 8:
+        return f"{node.op} with num_bits={_attr(node, 'num_bits', 8)} (only 8)"
+    if _attr(node, "narrow_range", False):
+        return f"{node.op} with narrow_range=True"
+    if view.input_dtype(node, 0) != tf.float32:
+        return f"{node.op} on dtype {view.input_dtype(node, 0).name} (supported: float32)"
+    if node.op == "FakeQuantWithMinMaxArgs":
+        return _fake_quant_range(node, _attr(node, "min", -6.0), _attr(node, "max", 6.0))
+    amin, reason = _scalar_const(node, view, 1, "min")
+    amax, reason_max = _scalar_const(node, view, 2, "max")
+    return reason or reason_max or _fake_quant_range(node, amin, amax)
+
+
+_QDQ_ONNX = ["QuantizeLinear", "DequantizeLinear"]
+
+
+@REGISTRY.register({"QuantizeAndDequantizeV2": _QDQ_ONNX, "QuantizeAndDequantizeV3": _QDQ_ONNX,
+                    "QuantizeAndDequantizeV4": _QDQ_ONNX})
+def _quantize_and_dequantize(node, view):
+    """tf2onnx's rewriter (not a handler) turns these into an int8 (``signed_input``) or uint8
+    pair with zero point 0 and ``scale = max(min / qmin, max / qmax)`` per tensor or per
+    ``axis``; it reads min and max as float32 Const nodes and ignores ``num_bits`` and
+    ``round_mode``, so those must already be what it assumes."""
+    if _attr(node, "range_given", node.op == "QuantizeAndDequantizeV3") is not True:
+        return f"{node.op} with range_given=False (a range measured at run time)"
+    reason = _dtype_in(node, "T", frozenset({tf.float32}))
+    if reason is not None:
+        return reason
+    if node.op == "QuantizeAndDequantizeV3":
+        bits = view.constant(node, 3)
+        if bits is None or int(np.asarray(bits).reshape(-1)[0]) != 8:
+            return f"{node.op} with num_bits other than a constant 8"
+    elif _attr(node, "num_bits", 8) != 8:
+        return f"{node.op} with num_bits={_attr(node, 'num_bits', 8)} (only 8)"
+    elif _attr(node, "round_mode", "HALF_TO_EVEN") != "HALF_TO_EVEN":
+        return f"{node.op} with round_mode {_attr(node, 'round_mode', '')}"
+    for index in (1, 2):  # tf2onnx reads the Const node itself, not through an Identity
+        src = view.node(view.data_inputs(node)[index].split(":")[0])
+        if src.op != "Const":
+            return f"{node.op} with a non-constant {('min', 'max')[index - 1]}"
+    # TF's shape function already ties min/max to ``axis`` (scalars for -1, one per channel else)
+    amin = np.asarray(view.constant(node, 1), np.float32).reshape(-1)
+    amax = np.asarray(view.constant(node, 2), np.float32).reshape(-1)
+    axis = _attr(node, "axis", -1)
+    signed = _attr(node, "signed_input", True)
+    qmin, qmax = (-127 if _attr(node, "narrow_range", False) else -128, 127) if signed else (0, 255)
+    scale = np.maximum(amin / np.float32(qmin) if qmin < 0 else np.float32(0), amax / np.float32(qmax))
+    if not np.all(scale > 0):
+        return f"{node.op} with an empty range (scale 0)"
+    if signed and _attr(node, "narrow_range", False):
+        return _narrow_range_holds(node, view, scale, axis)
+    return None
+
+
+def _narrow_range_holds(node, view, scale: np.ndarray, axis: int) -> Optional[str]:
+    """tf2onnx quantizes narrow_range=True to int8's full [-128, 127], where TF clamps at -127.
+    The results agree when nothing rounds to -128: provable for a constant input (a weight
+    whose range is its own max |w|), not for activations."""
+    x = view.constant(node, 0)
+    if x is None:
+        return f"{node.op} with narrow_range=True on a computed input"
+    x = np.asarray(x, np.float32)
+    if axis != -1:
+        scale = scale.reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    if np.any(np.rint(x / scale) < -127):
+        return f"{node.op} with narrow_range=True on values below the range"
+    return None

@@ -113,6 +113,9 @@ def print_summary(report: Dict, line_length: int = 160, detailed: bool = True,
                     if "quantized_nodes" in stats:
                         print_fn(f"    int8: {stats['quantized_nodes']} convolution/GEMM node(s) quantized "
                                  f"(int8 operands on float16 tensor cores), the rest float16")
+                    if "qdq_nodes" in stats:
+                        print_fn(f"    quantization: the model's {stats['qdq_nodes']} quantize-dequantize node(s) "
+                                 f"(fake-quant), computed in float32")
     print_fn("-" * line_length)
     for key, sig in report["signatures"].items():
         print_fn(f"[{key}] {sig['converted_ops']}/{sig['total_ops']} ops converted "

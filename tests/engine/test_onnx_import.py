@@ -166,3 +166,22 @@ def test_dead_nodes_are_removed_and_graph_verifies():
     g = import_onnx(_model(nodes, [_vi("x", F, [2])], [_vi("y", F, None)]))
     assert [n.name for n in g.nodes] == ["used"]
     assert "unused" not in g.tensors
+
+
+def test_quantize_linear_types_and_refusals():
+    """Q gives the zero point's type (uint8 without one), DQ float32; what the IR's 8-bit QDQ
+    cannot hold is refused at import, naming the node."""
+    scale, zp = _const("s", np.float32([0.1, 0.2, 0.3])), _const("zp", np.int8([0, 1, -1]))
+    q = helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q", axis=1)
+    dq = helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq", axis=1)
+    g = import_onnx(_model([q, dq], [_vi("x", F, ["N", 3, 4])], [_vi("y", F, None)], [scale, zp]))
+    assert (g.tensor("q").dtype, g.tensor("y").dtype, g.node("q").attrs["axis"]) == ("int8", "float32", 1)
+    uint8 = import_onnx(_model([helper.make_node("QuantizeLinear", ["x", "t"], ["q"])], [_vi("x", F, [2])],
+                               [_vi("q", TensorProto.UINT8, None)], [_const("t", np.float32(0.5))]))
+    assert uint8.tensor("q").dtype == "uint8"
+    with pytest.raises(ShapeError, match="QuantizeLinear node 'q': 3 scales for 4 channels on axis 2"):
+        import_onnx(_model([helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q", axis=2), dq],
+                           [_vi("x", F, ["N", 3, 4])], [_vi("y", F, None)], [scale, zp]))
+    with pytest.raises(UnsupportedOpError, match="QuantizeLinear node 'q': input of dtype float16"):
+        import_onnx(_model([q, dq], [_vi("x", TensorProto.FLOAT16, ["N", 3, 4])], [_vi("y", F, None)],
+                           [scale, zp], opset=17))

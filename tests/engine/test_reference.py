@@ -153,3 +153,82 @@ def test_zoo_model_matches_tensorflow(model_name):
         want = fn(**{arg: tf.constant(value)})["output_0"].numpy()
         got = run_graph(graph, {onnx_input: value})[graph.outputs[0]]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# -- QuantizeLinear / DequantizeLinear ------------------------------------------------------------
+def _qdq_model(nodes, x_dtype, x_shape, out_dtype, inits, opset=17):
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", x_dtype, x_shape)],
+                              [helper.make_tensor_value_info(nodes[-1].output[0], out_dtype, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _run_one(model, x):
+    graph = import_onnx(model)
+    return run_graph(graph, {"x": x})[graph.outputs[0]]
+
+
+def test_quantize_linear_rounds_half_to_even_and_saturates():
+    """uint8 with zero point 10, scale 0.5: x/s = -200, -10.5, -9.5, 0.5, 1.5, 2.5, 5, 400."""
+    model = _qdq_model([helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"])], F, [8], TensorProto.UINT8,
+                       {"s": np.float32(0.5), "zp": np.uint8(10)})
+    x = np.array([-100, -5.25, -4.75, 0.25, 0.75, 1.25, 2.5, 200], np.float32)
+    q = _run_one(model, x)
+    assert q.dtype == np.uint8
+    np.testing.assert_array_equal(q, [0, 0, 0, 10, 12, 12, 15, 255])  # ties -10.5 → -10, 2.5 → 2; clamped
+
+
+def test_quantize_linear_without_zero_point_is_uint8():
+    model = _qdq_model([helper.make_node("QuantizeLinear", ["x", "s"], ["q"])], F, [4], TensorProto.UINT8,
+                       {"s": np.float32(2.0)})
+    np.testing.assert_array_equal(_run_one(model, np.array([-3, 3, 5, 1e9], np.float32)), np.uint8([0, 2, 2, 255]))
+
+
+def test_per_axis_int8_quantize_then_dequantize():
+    """axis 1 of [2, 3]: scales 1, 0.5, 2 and zero points 0, -1, 3, worked out by hand."""
+    inits = {"s": np.float32([1.0, 0.5, 2.0]), "zp": np.int8([0, -1, 3])}
+    x = np.array([[127.5, -0.75, 5.0], [-129.0, 63.75, -1.0]], np.float32)
+    quantize = helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], axis=1)
+    q = _run_one(_qdq_model([quantize], F, [2, 3], TensorProto.INT8, inits), x)
+    assert q.dtype == np.int8
+    # row 0: 127.5 → 128 (even), saturated to 127; -1.5 → -2 (even), + zp -1; 2.5 → 2 (even), + zp 3
+    # row 1: -129 saturated to -128; 127.5 → 128, + zp -1; -0.5 → -0 (even), + zp 3
+    np.testing.assert_array_equal(q, [[127, -3, 5], [-128, 127, 3]])
+    both = _qdq_model([quantize, helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], axis=1)],
+                      F, [2, 3], F, inits)
+    y = _run_one(both, x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, [[127.0, -1.0, 4.0], [-128.0, 64.0, 0.0]])   # (q - zp) * s
+
+
+def test_dequantize_linear_of_an_input():
+    model = _qdq_model([helper.make_node("DequantizeLinear", ["x", "s", "zp"], ["y"])], TensorProto.UINT8, [3], F,
+                       {"s": np.float32(0.25), "zp": np.uint8(128)})
+    np.testing.assert_array_equal(_run_one(model, np.uint8([0, 128, 255])), np.float32([-32.0, 0.0, 31.75]))
+
+
+@pytest.mark.parametrize("qtype, axis", [(TensorProto.INT8, None), (TensorProto.UINT8, None),
+                                         (TensorProto.INT8, 1), (TensorProto.UINT8, 0)])
+def test_quantize_dequantize_matches_onnx_reference_evaluator(qtype, axis):
+    """Random data around the grid (ties and saturation included) against onnx.reference, whose
+    QuantizeLinear/DequantizeLinear start at opset 19 (8-bit semantics unchanged since 13)."""
+    np_type = np.int8 if qtype == TensorProto.INT8 else np.uint8
+    shape = [4, 5, 3]
+    n = 1 if axis is None else shape[axis]
+    scale = rng.uniform(0.01, 0.1, n).astype(np.float32)
+    zp = rng.integers(-20 if np_type == np.int8 else 100, 20 if np_type == np.int8 else 150, n).astype(np_type)
+    if axis is None:
+        scale, zp = scale[0], zp[0]
+    attrs = {} if axis is None else {"axis": axis}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], **attrs),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], **attrs)]
+    x = (rng.standard_normal(shape) * 8).astype(np.float32)                              # saturates too
+    x.reshape(-1)[:10] = (np.arange(10) + 0.5) * np.asarray(scale).reshape(-1)[0]      # ties
+    ours, theirs = (_qdq_model(nodes, F, shape, F, {"s": scale, "zp": zp}, opset=opset) for opset in (17, 19))
+    for model in (ours, theirs):
+        model.graph.output.insert(0, helper.make_tensor_value_info("q", qtype, shape))
+    want_q, want_y = ReferenceEvaluator(theirs).run(None, {"x": x})
+    got = run_graph(import_onnx(ours), {"x": x})
+    assert got["q"].dtype == want_q.dtype == np_type and got["y"].dtype == np.float32
+    np.testing.assert_array_equal(got["q"], want_q)
+    np.testing.assert_array_equal(got["y"], want_y)

@@ -10,6 +10,7 @@ compiles) and computes the same through its reference executor.
 import numpy as np
 import pytest
 import tensorflow as tf
+from onnx import version_converter
 from onnx.reference import ReferenceEvaluator
 
 from tftrt_lite.engine import build_engine
@@ -138,12 +139,34 @@ SAMPLES = [
      lambda x: tf.stop_gradient(tf.identity(x * 2.0)) + 1.0),
     ("int-shape-math", ["Prod", "Mul", "Sub", "Maximum"], [IMG],
      lambda x: tf.reshape(x, [tf.maximum(tf.reduce_prod(tf.shape(x)[:2]) * 3 - 0, 1), -1])),
+    # fake-quant nodes: QuantizeLinear → DequantizeLinear pairs (uint8 with a zero point, int8 per tensor
+    # and per channel); random inputs do not land on rounding ties, where TF rounds half up
+    ("FakeQuantWithMinMaxArgs", ["FakeQuantWithMinMaxArgs"], [VEC],
+     lambda x: tf.quantization.fake_quant_with_min_max_args(x, -2.0, 2.5)),
+    ("FakeQuantWithMinMaxVars+Conv2D", ["FakeQuantWithMinMaxVars", "Conv2D"], [IMG],
+     lambda x: tf.nn.conv2d(tf.quantization.fake_quant_with_min_max_vars(x, -1.5, 3.0), W33, 1, "SAME")),
+    ("QuantizeAndDequantizeV2", ["QuantizeAndDequantizeV2"], [VEC],
+     lambda x: tf.quantization.quantize_and_dequantize(x, -2.0, 1.5, range_given=True)),
+    ("QuantizeAndDequantizeV3-per-channel", ["QuantizeAndDequantizeV3"], [IMG],
+     lambda x: tf.raw_ops.QuantizeAndDequantizeV3(input=x, input_min=[-1.0, -2.0, -0.5], input_max=[1.0, 2.0, 3.0],
+                                                  num_bits=8, range_given=True, axis=3)),
+    ("QuantizeAndDequantizeV4-unsigned+Reshape", ["QuantizeAndDequantizeV4", "Reshape"], [IMG],
+     lambda x: tf.reshape(tf.quantization.quantize_and_dequantize_v2(x, 0.0, 2.0, signed_input=False,
+                                                                     range_given=True), [-1, 90])),
 ]
 
 
 def test_samples_cover_every_registry_entry():
     covered = {t for _, types, _, _ in SAMPLES for t in types} | {"Const"}
     assert sorted(REGISTRY.supported_types() - covered) == []
+
+
+def _onnx_reference(model):
+    """onnx.reference implements QuantizeLinear/DequantizeLinear from opset 19 only; their
+    8-bit semantics have not changed since 13, so such models are evaluated converted to 19."""
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        model = version_converter.convert_version(model, 19)
+    return ReferenceEvaluator(model)
 
 
 def _random(spec, rng):
@@ -181,7 +204,7 @@ def test_registry_entry_lowers_as_declared(sample):
     by_tensor = dict(zip(segment.inputs, feeds.values()))
     expected = concrete(*[tf.constant(by_tensor[f"x{i}:0"]) for i in range(len(specs))])
     expected = [expected] if isinstance(expected, tf.Tensor) else list(expected)
-    got = ReferenceEvaluator(lowered.onnx_model).run(None, feeds)
+    got = _onnx_reference(lowered.onnx_model).run(None, feeds)
     # "Supported" means the engine builds and runs it too: passes, kernels (NVRTC), plan.
     engine = build_engine(lowered.onnx_model, target_arch="sm_90", name=sample[0])
     engine_out = engine.run_reference(feeds)

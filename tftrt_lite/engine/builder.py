@@ -105,7 +105,7 @@ def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
                  precision_overrides: Optional[Dict[str, str]] = None, allow_tf32: bool = True,
                  calibration_batches: Optional[Iterable[Mapping[str, np.ndarray]]] = None,
                  activation_ranges: Optional[Mapping[str, float]] = None,
-                 calibration_algorithm: str = "entropy") -> Engine:
+                 calibration_algorithm: str = "entropy", use_calibration: bool = True) -> Engine:
     """Build an :class:`Engine` from an ONNX ``ModelProto`` or a path to one.
 
     ``precision``: "FP32", "FP16", "BF16" or "INT8" (see ``passes/precision.py`` and
@@ -117,7 +117,11 @@ def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
     amax, e.g. from a saved calibration table) or ``calibration_batches`` (engine input
     name → array, per batch), which the float32 graph runs on to measure them with
     ``calibration_algorithm`` ("entropy", "percentile" or "max"). The ranges used are in
-    ``Engine.activation_ranges``.
+    ``Engine.activation_ranges``. ``use_calibration=False`` (INT8 only, TF-TRT's explicit
+    precision): the model's own QuantizeLinear/DequantizeLinear nodes are the engine's only
+    quantization, so no ranges are taken or measured (``passes/explicit_quantization.py``).
+    In every precision those nodes compute as the model says (``Engine.stats["qdq_nodes"]``
+    counts the ones on activations).
     ``target_arch``: an ``"sm_XX"`` or a sequence of them (default sm_80 and sm_90); the
     plan carries a cubin per arch and the PTX of the oldest for newer GPUs.
     Raises ``NotSupportedYetError`` for other precisions and ``UnsupportedOpError``
@@ -139,7 +143,13 @@ def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
     name = name or graph.name
     options = dict(precision=precision, precision_overrides=precision_overrides, allow_tf32=allow_tf32)
     ranges = None
-    if precision == "INT8":
+    qdq_nodes = sum(n.op == "QuantizeLinear" and graph.const(n.inputs[0]) is None for n in graph.nodes)
+    if not use_calibration:
+        if precision != "INT8" or calibration_batches is not None or activation_ranges is not None:
+            raise ValueError("use_calibration=False is INT8 from the model's own quantize-dequantize nodes: "
+                             "it takes no calibration_batches or activation_ranges and no other precision")
+        graph, report = run_pipeline(graph, **options)
+    elif precision == "INT8":
         before, after = split_pipeline()
         graph, _ = run_pipeline(graph, pipeline=before, **options)
         graph.name = name
@@ -152,6 +162,8 @@ def build_engine(onnx_model_or_path: Any, precision: str = "FP32",
     if ranges is not None:
         engine.plan.meta["int8"] = {"activation_ranges": ranges, "quantized_nodes": report.quantized_nodes}
         engine.stats["quantized_nodes"] = len(report.quantized_nodes)
+    if qdq_nodes:
+        engine.stats["qdq_nodes"] = qdq_nodes
     return engine
 
 

@@ -336,6 +336,42 @@ def _cast_like(inputs, attrs):
     return [_astype(inputs[0], inputs[1].dtype)]
 
 
+def _quantization_params(x: np.ndarray, scale: np.ndarray, zero_point: Optional[np.ndarray], axis: int):
+    """Scale and zero point as float32, shaped to broadcast along ``axis`` when they are vectors."""
+    zp = np.zeros((), np.float32) if zero_point is None else zero_point.astype(np.float32)
+    scale = scale.astype(np.float32)
+    if scale.ndim == 1:
+        shape = [1] * x.ndim
+        shape[axis % x.ndim] = scale.shape[0]
+        scale = scale.reshape(shape)
+        zp = zp.reshape(shape) if zp.ndim else zp
+    return scale, zp
+
+
+@reference_op("QuantizeLinear")
+def _quantize_linear(inputs, attrs):
+    """``saturate(round(x / scale) + zero_point)`` (ONNX): an IEEE float32 division, rounding
+    half to even, saturation to the zero point's type (uint8 when it is omitted). NaN has no
+    defined result (ONNX leaves it open)."""
+    x, scale = inputs[0], inputs[1]
+    zero_point = inputs[2] if len(inputs) > 2 else None
+    dtype = np.dtype(np.uint8) if zero_point is None else zero_point.dtype
+    s, zp = _quantization_params(x, scale, zero_point, attrs["axis"])
+    info = np.iinfo(dtype)
+    with np.errstate(invalid="ignore"):  # NaN → integer
+        q = np.rint(np.divide(x.astype(np.float32), s, dtype=np.float32)) + zp
+        return [np.clip(q, info.min, info.max).astype(dtype)]
+
+
+@reference_op("DequantizeLinear")
+def _dequantize_linear(inputs, attrs):
+    """``(x - zero_point) * scale`` (ONNX), in float32 (exact up to the final product)."""
+    x, scale = inputs[0], inputs[1]
+    zero_point = inputs[2] if len(inputs) > 2 else None
+    s, zp = _quantization_params(x, scale, zero_point, attrs["axis"])
+    return [np.multiply(x.astype(np.float32) - zp, s, dtype=np.float32)]
+
+
 def _astype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     # ml_dtypes converts bfloat16 to floats only; integers and bool go through float32.
     # Out-of-range float → integer casts are undefined in ONNX; the reference does not

@@ -295,6 +295,38 @@ def _cast(ctx):
     return [(to, ctx.shape(0))]
 
 
+#: the integer types QuantizeLinear produces and DequantizeLinear reads (opset 13-18, 8 bit)
+QUANTIZED_DTYPES = ("int8", "uint8")
+
+
+@rule("QuantizeLinear", "DequantizeLinear")
+def _quantize_linear(ctx):
+    """Q: float32 → the zero point's type (uint8 without one); DQ: int8/uint8 → float32. The
+    scale is a scalar (per tensor) or a vector along ``axis``; the zero point has its shape."""
+    quantize = ctx.node.op == "QuantizeLinear"
+    x_dtype = ctx.dtype(0)
+    if (quantize and x_dtype != "float32") or (not quantize and x_dtype not in QUANTIZED_DTYPES):
+        raise UnsupportedOpError(f"{ctx.node.op} node {ctx.node.name!r}: input of dtype {x_dtype} is not "
+                                 f"supported ({'float32' if quantize else ' or '.join(QUANTIZED_DTYPES)})")
+    if ctx.dtype(1) != "float32":
+        ctx.fail(f"scale of dtype {ctx.dtype(1)} (the IR opset takes float32)")
+    scale = ctx.shape(1)
+    if len(scale) > 1:
+        ctx.fail(f"scale of shape {scale} (a scalar or a vector)")
+    if len(scale) == 1:
+        axis = norm_axis(ctx.attr("axis"), ctx.rank(0), ctx)
+        if not sym.equal(scale[0], ctx.shape(0)[axis]):
+            ctx.fail(f"{scale[0]} scales for {ctx.shape(0)[axis]} channels on axis {axis}")
+    zp_dtype = "uint8"
+    if ctx.has(2):
+        zp_dtype = ctx.dtype(2)
+        if zp_dtype not in QUANTIZED_DTYPES or ctx.shape(2) != scale:
+            ctx.fail(f"zero point {zp_dtype}{list(ctx.shape(2))} does not match scale float32{list(scale)}")
+        if not quantize and zp_dtype != x_dtype:
+            ctx.fail(f"zero point of dtype {zp_dtype} for an input of dtype {x_dtype}")
+    return [(zp_dtype if quantize else "float32", ctx.shape(0))]
+
+
 # -- linear algebra ---------------------------------------------------------------------------
 @rule("MatMul")
 def _matmul(ctx):

@@ -42,3 +42,18 @@ def test_does_not_inflate_small_constants(builder):
     g = b.output(y)
     constant_folding.run(g)
     assert g.summary() == {"Expand": 1, "Add": 1}
+
+
+def test_a_dequantized_weight_folds_whatever_its_size(builder):
+    """int8 → float32 grows a weight fourfold past the inflation limit; it folds anyway (the
+    engine has no int8 kernels: its GEMM reads the float weight)."""
+    b = builder
+    x = b.input("x", ("N", 2048))
+    q = np.random.default_rng(1).integers(-128, 128, (2048, 2049)).astype(np.int8)
+    assert q.size * 4 > constant_folding.MAX_INFLATED_BYTES
+    w = b.op("DequantizeLinear", [b.const(q), b.const(np.float32(0.01)), b.const(np.int8(3))], (2048, 2049),
+             axis=1)
+    g = b.output(b.op("MatMul", [x, w], ("N", 2049)))
+    constant_folding.run(g)
+    assert g.summary() == {"MatMul": 1}
+    np.testing.assert_array_equal(g.const(g.nodes[0].inputs[1]), (q.astype(np.float32) - 3) * np.float32(0.01))

@@ -25,6 +25,7 @@ from tftrt_lite.engine.passes import (
     constant_folding,
     conv_fusion,
     elementwise_fusion,
+    explicit_quantization,
     gemm_fusion,
     layernorm_fusion,
     layout,
@@ -59,9 +60,12 @@ class PassContext:
 #: runs after the library-call fusions (so it types fused convs/GEMMs as a whole) and before
 #: elementwise fusion (so the casts it adds at the engine's borders join kernels); quantize
 #: runs just before precision, so calibration can measure the graph as it stands there
-#: (``CALIBRATION_POINT``) and the precision pass types the quantize ops it adds.
+#: (``CALIBRATION_POINT``) and the precision pass types the quantize ops it adds. The model's
+#: own QuantizeLinear/DequantizeLinear become float32 elementwise chains right after constant
+#: folding (which has dequantized int8 weights), so every later pass sees ordinary ops.
 PIPELINE: List[Tuple[str, Callable[[Graph, PassContext], None]]] = [
     ("constant_folding", constant_folding.run),
+    ("explicit_quantization", explicit_quantization.run),
     ("cleanup", cleanup.run),
     ("bn_folding", bn_folding.run),
     ("layout", layout.run),

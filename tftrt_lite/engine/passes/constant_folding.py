@@ -9,7 +9,10 @@ computed. ``Shape`` of a tensor whose dims are all static folds too.
 
 Not folded: nodes whose result would be a large constant materialised from small inputs
 (``Expand``/``Tile``/``ConstantOfShape`` broadcasting a scalar to megabytes) — storing
-that in the plan costs more than computing it.
+that in the plan costs more than computing it. A ``DequantizeLinear`` of an int8 weight
+always folds, whatever its size: the engine has no int8 kernels, so the float32 weight
+on the int8 grid is what its convolution or GEMM reads (and the precision pass then
+stores it once, as float16, in reduced engines).
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ def _fold(graph: Graph, node: Node):
     values = _evaluate(graph, node)
     in_bytes = sum(graph.const(i).nbytes for i in inputs)
     out_bytes = sum(v.nbytes for v in values.values())
-    if out_bytes > MAX_INFLATED_BYTES and out_bytes > in_bytes:
+    if out_bytes > MAX_INFLATED_BYTES and out_bytes > in_bytes and node.op != "DequantizeLinear":
         return None
     return values
 

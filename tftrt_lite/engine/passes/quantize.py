@@ -28,6 +28,11 @@ the activation ranges have no entry for its input.
 
 Runs just before the ``precision`` pass, which then types the engine as FP16 (the QDQ
 ops and the fake-quantized weights included).
+
+Explicit precision (``use_calibration=False``: ``activation_ranges`` is None) adds
+nothing here: the model's own quantize-dequantize nodes, rewritten by
+``explicit_quantization``, are then the engine's only quantization, as in TensorRT's
+explicit mode, where calibration ranges are ignored once a network has Q/DQ nodes.
 """
 from __future__ import annotations
 
@@ -71,9 +76,9 @@ def weight_axis(graph: Graph, node: Node) -> Optional[int]:
 
 
 def run(graph: Graph, ctx) -> None:
-    if ctx.precision != "INT8":
+    if ctx.precision != "INT8" or ctx.activation_ranges is None:
         return
-    ranges = ctx.activation_ranges or {}
+    ranges = ctx.activation_ranges
     skip = compile_overrides(ctx.precision_overrides)
     quantized: Dict[str, str] = {}     # activation tensor → its QDQ output
     done: List[str] = []
