@@ -1,13 +1,13 @@
 """The depthwise convolution kernel: which convs it claims, how it tiles them, its NVRTC
 compilation, and (GPU) its numerics against ``fused_ops.fused_conv`` for strides,
-dilations, asymmetric pads, residuals, activations, partial tiles and every float storage
-type."""
+dilations, asymmetric pads, residuals, activations, input activations, partial tiles and
+every float storage type."""
 import numpy as np
 import pytest
 
 from tftrt_lite.codegen.conv import (
-    BLOCK_Z_MAX, GRID_YZ_MAX, LIVE_FLOATS, SMEM_MAX, THREADS, Tiling, depthwise_tiling, emit_depthwise_conv,
-    is_depthwise)
+    BLOCK_Z_MAX, GRID_YZ_MAX, LIVE_FLOATS, SMEM_MAX, THREADS, Tiling, depthwise_kernel_runs, depthwise_tiling,
+    emit_depthwise_conv, is_depthwise)
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.ir import saturate_cast
@@ -16,9 +16,12 @@ from cuda_launch import gpu_arch, launch, to_device, to_host
 from ir_graphs import one_node_graph
 
 #: id → dict(channels, h, w, kernel (kh, kw), strides, pads [t, l, b, r], dilations,
-#: residual, bias, activation, params, batch). ``h``/``w`` may be symbols (stride 1, "same").
+#: residual, bias, activation, params, input_activation, input_params, batch). ``h``/``w``
+#: may be symbols (stride 1, "same").
 _BASE = dict(channels=32, h=9, w=9, kernel=(3, 3), strides=(1, 1), pads=[1, 1, 1, 1], dilations=(1, 1),
-             residual=False, bias=True, activation="clip", params=[0.0, 6.0], batch=3)
+             residual=False, bias=True, activation="clip", params=[0.0, 6.0], input_activation="none",
+             input_params=[], batch=3)
+_RELU6_IN = dict(input_activation="clip", input_params=[0.0, 6.0])
 CASES = {k: {**_BASE, **v} for k, v in {
     "mbv2_s1_relu6": {},
     "mbv2_s1_relu6_batch1": dict(batch=1),
@@ -40,6 +43,18 @@ CASES = {k: {**_BASE, **v} for k, v in {
                            params=[], batch=1),
     "large_batch": dict(channels=16, h=5, w=5, residual=True, batch=1000),  # blocks span images
     "symbolic_hw": dict(h="H", w="W", residual=True),
+    # input activations: MobileNetV2's ReLU6 moved from the expand conv (16-byte vectors);
+    # a clip whose lower bound is not 0, so padding that took the activation would show
+    # (vectors, and scalars for 7 channels); relu on scalars; a symbolic width
+    "mbv2_s1_input_relu6": _RELU6_IN,
+    "mbv2_s2_same_asym_input_relu6": dict(channels=24, strides=(2, 2), pads=[0, 0, 1, 1], **_RELU6_IN),
+    "input_clip_above_zero_residual": dict(channels=16, h=7, w=10, residual=True, activation="none", params=[],
+                                           input_activation="clip", input_params=[0.5, 1.5]),
+    "odd_channels_input_clip_above_zero": dict(channels=7, pads=[1, 0, 1, 2], input_activation="clip",
+                                               input_params=[0.5, 1.5]),
+    "odd_channels_input_relu": dict(channels=5, h=6, w=7, strides=(2, 2), pads=[0, 0, 1, 1], activation="none",
+                                    params=[], input_activation="relu"),
+    "symbolic_hw_input_relu6": dict(h="H", w="W", residual=True, **_RELU6_IN),
 }.items()}
 #: Values of the spatial symbols of ``symbolic_hw`` (the width is not a multiple of P).
 SPATIAL = {"H": 9, "W": 13}
@@ -68,9 +83,11 @@ def _graph(case_id, dtype, case=None):
         inputs.append(("b", None, None) if c["bias"] else ("", None, None))
     if c["residual"]:
         inputs.append(("z", dtype, ("N", oh, ow, channels)))
-    return one_node_graph("tftrt.FusedConv", inputs, [("y", dtype, ("N", oh, ow, channels))],
-                          {"strides": [sh, sw], "pads": pads, "dilations": [dh, dw], "group": channels,
-                           "activation": c["activation"], "activation_params": c["params"]}, consts)
+    attrs = {"strides": [sh, sw], "pads": pads, "dilations": [dh, dw], "group": channels,
+             "activation": c["activation"], "activation_params": c["params"]}
+    if c["input_activation"] != "none":  # an optional attr: the other cases go without it
+        attrs.update(input_activation=c["input_activation"], input_activation_params=c["input_params"])
+    return one_node_graph("tftrt.FusedConv", inputs, [("y", dtype, ("N", oh, ow, channels))], attrs, consts)
 
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -84,6 +101,33 @@ def test_depthwise_kernel_compiles(case_id, dtype):
     assert spec is not None and "__syncthreads" in spec.source
     for arch in ("sm_80", "sm_90"):
         assert compile_kernel(spec.source, spec.name, arch).cubin[:4] == b"\x7fELF"
+
+
+@pytest.mark.parametrize("dtype,op,lo,hi", [("float16", "f16x2", "0x00000000u", "0x46004600u"),
+                                             ("bfloat16", "bf16x2", "0x00000000u", "0x40c040c0u"),
+                                             ("float32", "f32", "0x00000000u", "0x40c00000u")])
+def test_input_relu6_clips_each_loaded_word_of_a_vector(dtype, op, lo, hi):
+    """On a 16-byte vector the clip runs on the loaded words — per word a NaN-keeping max
+    against 0 and min against 6 (6.0 is 0x4600 in float16, 0x40c0 in bfloat16, 0x40c00000
+    in float32) — inside the load's bounds check, so padding taps stay zero."""
+    g = _graph("mbv2_s1_input_relu6", dtype)
+    source = emit_depthwise_conv(g, g.nodes[0]).source
+    loads = source.count("= *reinterpret_cast<const tl_vec<unsigned, 4>*>(xn + (xo + ")
+    assert loads == 6  # a 3x3 stride-1 row of four pixels streams six columns
+    assert source.count(f'asm("max.NaN.{op} %0, %0, %1;"') == 4 * loads
+    assert source.count(f'asm("min.NaN.{op} %0, %0, %1;"') == 4 * loads
+    assert f'"r"({lo})' in source and f'"r"({hi})' in source
+    first = source.index("if (k0) {")
+    assert source.index(f"max.NaN.{op}") > first and source.index("float xf0[") > source.index(f"min.NaN.{op}")
+
+
+def test_input_activation_of_scalars_runs_in_float_on_in_image_columns():
+    g = _graph("odd_channels_input_clip_above_zero", "float16")
+    source = emit_depthwise_conv(g, g.nodes[0]).source
+    assert "max.NaN" not in source
+    guarded = source[source.index("      if (k0) {"):]
+    assert guarded.index("tl_min<float>(tl_max<float>(xf0[v], i_v0), i_v1)") < guarded.index("}")
+    assert "const float i_v0 = 0x1.0000000000000p-1f;" in source  # the bound 0.5
 
 
 def test_only_depthwise_convs_are_claimed():
@@ -149,6 +193,20 @@ def test_filters_too_large_to_stage_are_left_to_cudnn():
     assert depthwise_tiling(64, 8, (39, 39), 1, 1, 64) is not None
     g = _graph("", "float16", {**_BASE, "h": 41, "w": 41, "kernel": (41, 41), "pads": [20] * 4})
     assert is_depthwise(g, g.nodes[0]) and emit_depthwise_conv(g, g.nodes[0]) is None
+    assert not depthwise_kernel_runs(g, g.nodes[0])  # so no pass gives it an input activation
+
+
+@pytest.mark.parametrize("channels,kernel", [(32, 3), (7, 3), (8, 39)])
+def test_a_conv_the_kernel_runs_in_float32_it_runs_in_every_precision(channels, kernel):
+    """``depthwise_kernel_runs`` on a float32 graph (as passes before ``precision`` see it)
+    promises the kernel in float32 and in both half types; 39x39 taps of 8 halves just fit."""
+    case = {**_BASE, "channels": channels, "h": kernel, "w": kernel, "kernel": (kernel, kernel),
+            "pads": [kernel // 2] * 4}
+    g = _graph("", "float32", case)
+    assert depthwise_kernel_runs(g, g.nodes[0])
+    for dtype in DTYPES:
+        g = _graph("", dtype, case)
+        assert emit_depthwise_conv(g, g.nodes[0]) is not None
 
 
 @pytest.mark.parametrize("case_id,columns", [("mbv2_s1_relu6", 6), ("mbv2_s2_same_asym", 9),
@@ -182,6 +240,8 @@ def test_depthwise_kernel_matches_reference(case_id, dtype, tmp_path):
     rng = np.random.default_rng(5)
     feeds = {t: saturate_cast(2 * rng.standard_normal([symbolic.evaluate(d, env) for d in g.tensor(t).shape]), dtype)
              for t in g.inputs}
+    if CASES[case_id]["input_activation"] != "none":
+        feeds["x"][0, 0, 0, 0] = np.nan  # not clipped to a bound: the windows holding it stay NaN
     want = run_graph(g, feeds)["y"].astype(np.float32)
     buffers = {t: to_device(v) for t, v in feeds.items()}
     buffers.update({t: to_device(g.tensor(t).value) for t in ("w", "b") if t in g.tensors})
@@ -194,4 +254,4 @@ def test_depthwise_kernel_matches_reference(case_id, dtype, tmp_path):
     tail = to_host(out[want.size:], dtype)
     assert np.isnan(tail.astype(np.float32)).all(), "the kernel wrote past its output"
     tol = 1e-5 if dtype == "float32" else 1e-2
-    np.testing.assert_allclose(got.astype(np.float32), want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=tol, atol=tol * max(1.0, np.nanmax(np.abs(want))))

@@ -164,6 +164,58 @@ def test_pointwise_convs_become_gemm_steps():
     np.testing.assert_allclose(engine.run_reference({"x": x})["y"], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tagged", ["pw", "strided"])
+def test_library_convs_refuse_an_input_activation(monkeypatch, tagged):
+    """cuBLASLt (the 1×1 conv) and cuDNN (the strided one) have no prologue: a conv given an
+    input activation by some pass must fail the build, naming it, not run without it."""
+    from tftrt_lite.engine import passes
+
+    def tag(graph, ctx):
+        for n in graph.nodes:
+            if n.name.startswith(tagged):  # the IR names nodes after the ONNX ones
+                n.attrs.update(input_activation="clip", input_activation_params=[0.0, 6.0])
+
+    monkeypatch.setattr(passes, "PIPELINE", passes.PIPELINE[:-1] + [("tag", tag)] + passes.PIPELINE[-1:])
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "w1"], ["c1"], name="pw"),
+             helper.make_node("Conv", ["c1", "w2"], ["c2"], name="strided", strides=[2, 2]),
+             helper.make_node("Transpose", ["c2"], ["y"], perm=[0, 2, 3, 1])]
+    inits = {"w1": rng.standard_normal((8, 8, 1, 1)).astype(np.float32),
+             "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32)}
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 6, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 3, 4])], inits)
+    with pytest.raises(UnsupportedOpError, match=rf"'{tagged}\w*'.*input_activation 'clip' runs only in the depthwise"):
+        build_engine(model, target_arch="sm_90")
+
+
+def test_mobilenet_v2_relu6_of_expand_convs_runs_in_the_depthwise_kernels():
+    """Every MobileNetV2 expand conv (1×1, ReLU6, read by a depthwise conv) keeps a ReLU in
+    its GEMM epilogue and its depthwise conv clips what it loads, so no clip kernel runs
+    after those GEMMs; the one left is the head conv's, read by the global average pool.
+    The engine still matches TF."""
+    import zoo
+    from tftrt_lite.codegen.conv import is_depthwise, is_pointwise
+    from tftrt_lite.verify import verify_engine
+
+    engine = zoo.engine("mobilenetv2")
+    g = engine.graph
+    readers = g.consumers()
+    pointwise = {n.name: n for n in g.nodes if is_pointwise(g, n)}
+    expand = [n for n in pointwise.values() if all(is_depthwise(g, r) for r in readers[n.outputs[0]])]
+    assert len(expand) == 16
+    for n in expand:
+        assert n.attrs["activation"] == "relu"
+        assert all(r.attrs["input_activation"] == "clip" and r.attrs["input_activation_params"] == [0.0, 6.0]
+                   for r in readers[n.outputs[0]])
+    gemms = {s.name for s in engine.plan.steps if isinstance(s, GemmStep)}
+    assert set(pointwise) <= gemms
+    (left,) = [s.name for s in engine.plan.steps if isinstance(s, LaunchStep) and s.name in pointwise]
+    assert pointwise[left].attrs["activation"] == "clip"
+    assert [r.op for r in readers[pointwise[left].outputs[0]]] == ["ReduceMean"]
+    verify_engine(engine, zoo.lowered("mobilenetv2"), batch_sizes=(2,))
+
+
 def test_output_that_is_an_input_gets_a_copy_step():
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
     model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],

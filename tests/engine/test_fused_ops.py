@@ -31,6 +31,49 @@ def test_fused_conv_matches_onnx_conv(group, stride, dilation, pads):
     np.testing.assert_allclose(got, np.clip(want + z, -0.5, 1.0), rtol=1e-5, atol=1e-5)
 
 
+def _row_conv(x, **attrs):
+    """A 1x3 conv over one row of one channel with filter [1, 1, 1], "same" padding."""
+    w = np.ones((1, 1, 3, 1), np.float32)
+    attrs = dict(strides=[1, 1], pads=[0, 1, 0, 1], dilations=[1, 1], group=1, activation="none",
+                 activation_params=[], **attrs)
+    (y,) = fused_ops.fused_conv([np.asarray(x, np.float32).reshape(1, 1, -1, 1), w], attrs)
+    return y.ravel()
+
+
+def test_fused_conv_input_activation_comes_before_the_zero_padding():
+    """clip(0, 6) of [-2, 3, 8] is [0, 3, 6]; padded with zeros → window sums 3, 9, 9.
+    clip(1, 6) gives [1, 3, 6], and the padding stays 0, not clip(0) = 1: 4, 10, 9."""
+    x = [-2.0, 3.0, 8.0]
+    np.testing.assert_array_equal(_row_conv(x), [1, 9, 11])
+    np.testing.assert_array_equal(_row_conv(x, input_activation="none", input_activation_params=[]), [1, 9, 11])
+    np.testing.assert_array_equal(_row_conv(x, input_activation="clip", input_activation_params=[0.0, 6.0]),
+                                  [3, 9, 9])
+    np.testing.assert_array_equal(_row_conv(x, input_activation="relu", input_activation_params=[]), [3, 11, 11])
+    np.testing.assert_array_equal(_row_conv(x, input_activation="clip", input_activation_params=[1.0, 6.0]),
+                                  [4, 10, 9])
+
+
+def test_fused_conv_input_activation_keeps_nan_and_rounds_bounds_to_the_input_dtype():
+    # a NaN is not clipped to a bound: it reaches every window that holds it
+    y = _row_conv([np.nan, 3.0, 8.0, -1.0], input_activation="clip", input_activation_params=[0.0, 6.0])
+    np.testing.assert_array_equal(y, [np.nan, np.nan, 9.0, 6.0])
+    # float16 input: the bound 6.1 is float16's 6.1015625, as a Clip node in float16 would use
+    x = np.full((1, 1, 1, 1), 100.0, np.float16)
+    attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation="none",
+                 activation_params=[], input_activation="clip", input_activation_params=[0.0, 6.1])
+    (y,) = fused_ops.fused_conv([x, np.ones((1, 1, 1, 1), np.float16)], attrs)
+    assert y.dtype == np.float16 and float(y.item()) == 6.1015625
+
+
+def test_fused_conv_input_activation_must_select_a_value():
+    """Only activations whose value is one of their operands may run on the input: with
+    anything else a float kernel and the reference in the input dtype would round apart."""
+    attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation="none",
+                 activation_params=[], input_activation="sigmoid", input_activation_params=[])
+    with pytest.raises(ValueError, match="input_activation 'sigmoid'"):
+        fused_ops.fused_conv([_rand(1, 2, 2, 1), _rand(1, 1, 1, 1)], attrs)
+
+
 @pytest.mark.parametrize("mode,ceil,include", [("max", 0, 0), ("max", 1, 0), ("avg", 1, 0), ("avg", 0, 1)])
 def test_pool_matches_onnx_pools(mode, ceil, include):
     x = _rand(2, 7, 8, 3)

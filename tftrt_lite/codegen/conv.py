@@ -52,14 +52,20 @@ pixel did 9 vector and 72 scalar loads, 144 conversions and 64-bit index divisio
 
 Semantics are ``fused_ops.fused_conv``'s: taps outside the input read zeros (the
 reference's zero padding), the float sum adds bias then residual, the activation runs in
-float, and the output is rounded once. Vector accesses assume 16-byte aligned buffers, as
-the memory plan (256-byte offsets), packed weights and TF's allocator give; offsets are
-multiples of VEC elements because C is.
+float, and the output is rounded once. An input activation (``input_activation``: the
+conv fusion moves a 1×1 conv's ReLU6 here, as cuBLASLt has no clip epilogue) is applied
+to each in-image column once, as it is loaded: to the 32-bit words of a 16-byte vector
+with PTX ``max/min.NaN`` (on packed halves, half an instruction per element and bound),
+to scalars in float through its activation program. Its bounds are rounded to X's dtype
+as the reference rounds them, padding taps keep their zeros, and a NaN stays NaN
+(``.NaN``, ``tl_max``/``tl_min``) as under ``np.clip``. Vector accesses assume 16-byte
+aligned buffers, as the memory plan (256-byte offsets), packed weights and TF's allocator
+give; offsets are multiples of VEC elements because C is.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,6 +73,8 @@ from tftrt_lite.codegen.elementwise import activation_program, program_c
 from tftrt_lite.codegen.kernel import (
     Dim, KernelSpec, KernelWriter, LaunchDim, c_type, compute_type, dim_mul, dim_prod, vector_length)
 from tftrt_lite.engine import ir
+from tftrt_lite.engine.fused_ops import conv_input_activation
+from tftrt_lite.engine.reference import np_dtype
 
 #: Threads per block the tiling fills up to (more blocks per SM hide load latency better
 #: than bigger ones, and 256 keeps the weight staging a small share of the block's work).
@@ -90,6 +98,19 @@ GRID_YZ_MAX = 65535
 BLOCK_Z_MAX = 64
 
 
+def is_pointwise(graph: ir.Graph, node: ir.Node) -> bool:
+    """A ``tftrt.FusedConv`` that is a plain GEMM over NHWC pixels: 1×1 filter, stride 1,
+    no padding, one group, static channel counts — what the builder runs as a cuBLASLt
+    GEMM, and so what the conv fusion knows has no clip epilogue."""
+    if node.op != "tftrt.FusedConv" or int(node.attrs.get("group", 1)) != 1:
+        return False
+    x_shape, w_shape = graph.tensor(node.inputs[0]).shape, graph.tensor(node.inputs[1]).shape
+    return (x_shape is not None and w_shape is not None and len(x_shape) == 4 and len(w_shape) == 4
+            and tuple(w_shape[1:3]) == (1, 1) and all(isinstance(d, int) for d in (w_shape[0], w_shape[3]))
+            and [int(v) for v in node.attrs.get("strides", [1, 1])] == [1, 1]
+            and not any(int(v) for v in node.attrs.get("pads", [0, 0, 0, 0])))
+
+
 def is_depthwise(graph: ir.Graph, node: ir.Node) -> bool:
     """A ``tftrt.FusedConv`` with one static-size filter per input channel."""
     if node.op != "tftrt.FusedConv":
@@ -101,6 +122,27 @@ def is_depthwise(graph: ir.Graph, node: ir.Node) -> bool:
     return (isinstance(channels, int) and channels > 1 and int(node.attrs.get("group", 1)) == channels
             and tuple(w_shape) == (channels, w_shape[1], w_shape[2], 1)
             and all(isinstance(d, int) for d in w_shape))
+
+
+def depthwise_kernel_runs(graph: ir.Graph, node: ir.Node) -> bool:
+    """Whether :func:`emit_depthwise_conv` generates ``node``'s kernel in whichever float
+    type the precision pass gives it (16-byte vectors of 4 or 8 elements, or scalars):
+    a pass that hands a conv work only this kernel can do (an input activation) must know
+    that the conv will not fall back to cuDNN in some precision."""
+    if not is_depthwise(graph, node):
+        return False
+    channels = graph.tensor(node.inputs[0]).shape[3]
+    _, kh, kw, _ = graph.tensor(node.inputs[1]).shape
+    out_w = graph.tensor(node.outputs[0]).shape[2]
+    sw, dw = int(node.attrs["strides"][1]), int(node.attrs["dilations"][1])
+    stage_bytes = _stage_bytes(graph.tensor(node.outputs[0]).dtype, node)
+    return all(depthwise_tiling(channels, vec, (kh, kw), sw, dw, out_w, stage_bytes) is not None
+               for vec in (1, 4, 8) if channels % vec == 0)
+
+
+def _stage_bytes(dtype: str, node: ir.Node) -> int:
+    """Bytes per staged filter tap: taps are widened to the compute type (float for halves)."""
+    return 4 if compute_type(dtype, node) == "float" else np.dtype(dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -193,19 +235,26 @@ def _indent(lines: List[str], indent: str) -> List[str]:
     return [ln if ln.startswith("#") else indent + ln for ln in lines]
 
 
-def _widen(dtype: str, ct: str, vec: int, dst: str, src: str, cond: Optional[str] = None) -> List[str]:
+def _widen(dtype: str, ct: str, vec: int, dst: str, src: str, cond: Optional[str] = None,
+           on_load: Sequence[str] = ()) -> List[str]:
     """C statements declaring ``ct dst[vec]``: the ``vec`` elements of ``dtype`` at pointer
     ``src``, or zeros where ``cond`` is false (a tap in the padding). A 16-byte vector is
     one load of words and one instruction per element to widen it; anything else loads
-    element by element."""
+    element by element. ``on_load``: statements run on the loaded words ``{dst}_w`` of a
+    16-byte vector under ``cond``, before widening (never on padding zeros)."""
     if vec * _WIDTH.get(dtype, 0) != 16:
         value = f"({ct})({src})[v]"
         value = f"{cond} ? {value} : {ct}(0)" if cond else value
         return [f"{ct} {dst}[{vec}];", "#pragma unroll", f"for (int v = 0; v < {vec}; ++v) {dst}[v] = {value};"]
     words = f"{dst}_w"
     load = f"*reinterpret_cast<const {_WORDS}*>({src})"
-    lines = ([f"{_WORDS} {words} = {{}};", f"if ({cond}) {words} = {load};"] if cond
-             else [f"const {_WORDS} {words} = {load};"])
+    if not cond:
+        lines = [f"const {_WORDS} {words} = {load};"]
+    elif on_load:
+        lines = [f"{_WORDS} {words} = {{}};", f"if ({cond}) {{", f"  {words} = {load};",
+                 *(f"  {s}" for s in on_load), "}"]
+    else:
+        lines = [f"{_WORDS} {words} = {{}};", f"if ({cond}) {words} = {load};"]
     lines += [f"float {dst}[{vec}];", "#pragma unroll", "for (int q = 0; q < 4; ++q) "]
     if dtype == "float32":
         lines[-1] += f"{dst}[q] = __uint_as_float({words}.v[q]);"
@@ -216,6 +265,34 @@ def _widen(dtype: str, ct: str, vec: int, dst: str, src: str, cond: Optional[str
         lines[-1] += (f"{{ {dst}[2 * q] = __uint_as_float({words}.v[q] << 16); "
                       f"{dst}[2 * q + 1] = __uint_as_float({words}.v[q] & 0xffff0000u); }}")
     return lines
+
+
+#: The PTX min/max of a 32-bit word of each 16-byte vector type that give NaN when an
+#: operand is NaN, as ``tl_min``/``tl_max`` do (sm_80+, like the rest of the generated code).
+_WORD_MINMAX = {"float32": "f32", "float16": "f16x2", "bfloat16": "bf16x2"}
+
+
+def _vector_input_activation(dtype: str, name: str, params: Sequence[float], words: str) -> List[str]:
+    """C statements applying input activation ``name`` (relu or clip) to a loaded 16-byte
+    vector of ``dtype``, ``words``: per 32-bit word one max (and for clip one min) against
+    bounds rounded to ``dtype`` as the reference rounds them (a half bound fills both
+    halves of a word).
+
+    Why on the words and not on the widened floats (``activation_program``): a float clip
+    costs two compare-and-selects per element (``tl_max``/``tl_min`` keep NaN), which took
+    MobileNetV2's block_2 kernel (fp16) from 920 to 1560 instructions per thread (sm_90
+    SASS) — in a kernel that is issue-bound, that would give back much of the pass over
+    memory the input activation saves. On packed halves it is 1080."""
+    lo, hi = (0.0, None) if name == "relu" else params
+    t = _WORD_MINMAX[dtype]
+
+    def word(v: float) -> str:  # the bound's bits, in each element of a word
+        bits = np.asarray(v, np_dtype(dtype))
+        return f"0x{int(bits.view(np.uint32)):08x}u" if dtype == "float32" else \
+            f"0x{int(bits.view(np.uint16)) * 0x10001:08x}u"
+
+    ops = [("max", word(lo))] + ([("min", word(hi))] if hi is not None else [])
+    return [f'asm("{op}.NaN.{t} %0, %0, %1;" : "+r"({words}.v[{q}]) : "r"({b}));' for q in range(4) for op, b in ops]
 
 
 def _narrow(dtype: str, vec: int, dst: str, src: str) -> List[str]:
@@ -255,8 +332,7 @@ def emit_depthwise_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
     ct = compute_type(dts[y], node)
     vec = vector_length([dts[t] for t in (x, residual, y) if t])
     vec = vec if channels % vec == 0 else 1
-    stage_bytes = 4 if ct == "float" else np.dtype(dts[y]).itemsize
-    tl = depthwise_tiling(channels, vec, (kh, kw), sw, dw, ow_d, stage_bytes)
+    tl = depthwise_tiling(channels, vec, (kh, kw), sw, dw, ow_d, _stage_bytes(dts[y], node))
     if tl is None:
         return None
     P, cgb, xb, rb, cblk, taps = tl.pixels, tl.block_groups, tl.block_tiles, tl.block_rows, tl.block_channels, kh * kw
@@ -326,9 +402,20 @@ def emit_depthwise_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
               f"      if (iy < 0 || iy >= {H}) continue;",
               f"      const {it} xo = (iy * {W} + ix0) * {channels};",
               f"      const {vw}* wr = ws + i * {kw * planes * cgb};"]
+    # the input activation applies to in-image values only: padding taps stay zero, not act(0);
+    # on the loaded words of a 16-byte vector, else in float on the widened scalars
+    in_act, in_params = conv_input_activation(node.attrs)
+    act_words = in_act != "none" and vec * _WIDTH.get(dts[x], 0) == 16
+    act_floats = in_act != "none" and not act_words
     seen = set()
     for u, pairs in stream:
-        lines += _indent(_widen(dts[x], ct, vec, f"xf{u}", f"xn + (xo + {u * channels})", f"k{u}"), "      ")
+        on_load = _vector_input_activation(dts[x], in_act, in_params, f"xf{u}_w") if act_words else ()
+        lines += _indent(_widen(dts[x], ct, vec, f"xf{u}", f"xn + (xo + {u * channels})", f"k{u}", on_load),
+                         "      ")
+        if act_floats:
+            body, names = program_c(activation_program(in_act, in_params, dts[x]), [f"xf{u}[v]"], "i_")
+            lines += [f"      if (k{u}) {{", "#pragma unroll", f"        for (int v = 0; v < {vec}; ++v) {{"]
+            lines += [f"          {b}" for b in body] + [f"          xf{u}[v] = {names[-1]};", "        }", "      }"]
         for p, j in pairs:
             if j not in seen:  # a tap is read from shared memory where the stream first needs it
                 seen.add(j)

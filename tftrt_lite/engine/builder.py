@@ -21,9 +21,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from tftrt_lite.codegen import LIBRARY_OPS, VIEW_OPS, KernelSpec, emit_activation, emit_copy, emit_node
-from tftrt_lite.codegen.conv import emit_depthwise_conv
+from tftrt_lite.codegen.conv import emit_depthwise_conv, is_pointwise
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import ir, symbolic
+from tftrt_lite.engine.fused_ops import conv_input_activation
 from tftrt_lite.engine.plan import (
     NONE_INDEX, Activation, ArgKind, BufferDesc, ConvStep, FilterLayout, GemmStep, KernelArg, KernelEntry,
     KernelImage, LaunchStep, Layout, MathMode, Plan, PlanExpr, Step, Storage, SymbolBinding, WeightPacker,
@@ -224,18 +225,6 @@ class _Gemm:
     stride_b: ir.Dim
 
 
-def _is_pointwise(graph: ir.Graph, node: ir.Node) -> bool:
-    """A ``tftrt.FusedConv`` that is a plain GEMM over NHWC pixels: 1×1 filter, stride 1,
-    no padding, one group, static channel counts."""
-    if node.op != "tftrt.FusedConv" or int(node.attrs.get("group", 1)) != 1:
-        return False
-    x_shape, w_shape = graph.tensor(node.inputs[0]).shape, graph.tensor(node.inputs[1]).shape
-    return (x_shape is not None and w_shape is not None and len(x_shape) == 4 and len(w_shape) == 4
-            and tuple(w_shape[1:3]) == (1, 1) and all(isinstance(d, int) for d in (w_shape[0], w_shape[3]))
-            and [int(v) for v in node.attrs.get("strides", [1, 1])] == [1, 1]
-            and not any(int(v) for v in node.attrs.get("pads", [0, 0, 0, 0])))
-
-
 class _PlanBuilder:
     def __init__(self, graph: ir.Graph, memory_plan, name: str, precision: str, archs: Tuple[str, ...],
                  math: int) -> None:
@@ -343,7 +332,13 @@ class _PlanBuilder:
             depthwise = emit_depthwise_conv(self.cg_graph, node)
             if depthwise is not None:  # memory-bound: a generated kernel beats cuDNN's grouped conv
                 self._launch(depthwise)
-            elif _is_pointwise(self.cg_graph, node):
+                return
+            in_act, _ = conv_input_activation(node.attrs)
+            if in_act != "none":
+                raise UnsupportedOpError(
+                    f"node {node.name!r} ({node.op}): input_activation {in_act!r} runs only in the depthwise "
+                    f"kernel; cuDNN and cuBLASLt have no prologue to apply it to the input")
+            if is_pointwise(self.cg_graph, node):
                 self._pointwise_conv(node)
             else:
                 self._conv(node)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -98,9 +98,25 @@ def conv2d_nhwc(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: i
     return y.reshape(n, ho, wo, o)
 
 
+#: the activations a FusedConv may apply to its input (``input_activation``): each of them
+#: returns one of its operands (x, 0 or a bound), so the value is the same whether a kernel
+#: computes it in float or the reference in X's dtype — there is no rounding to disagree on.
+CONV_INPUT_ACTIVATIONS = ("none", "relu", "clip")
+
+
+def conv_input_activation(attrs: Dict) -> Tuple[str, List[float]]:
+    """(``input_activation``, ``input_activation_params``) of a FusedConv's ``attrs``:
+    ("none", []) when the node has none; ValueError naming one that is not allowed."""
+    name = attrs.get("input_activation", "none")
+    if name not in CONV_INPUT_ACTIVATIONS:
+        raise ValueError(f"FusedConv: input_activation {name!r} is not one of {CONV_INPUT_ACTIVATIONS}")
+    return name, list(attrs.get("input_activation_params", []))
+
+
 @reference_op("tftrt.FusedConv")
 def fused_conv(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.ndarray]:
-    """``Y = act(conv2d(X, W) + B + Z)`` in NHWC — a cuDNN convolution call at run time.
+    """``Y = act(conv2d(pad0(in_act(X)), W) + B + Z)`` in NHWC — a cuDNN convolution call at
+    run time (a cuBLASLt GEMM for 1×1 convs, a generated kernel for depthwise ones).
 
     Inputs:  ``X`` [N, H, W, C] activations (NHWC);
              ``W`` [O, kH, kW, C/group] weights (cuDNN NHWC filter layout, "OHWI");
@@ -110,10 +126,22 @@ def fused_conv(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.n
     Output:  ``Y`` [N, Ho, Wo, O], dtype of ``X``.
     Attrs:   ``strides`` [sH, sW]; ``pads`` [top, left, bottom, right] (ONNX order: begins
              then ends); ``dilations`` [dH, dW]; ``group`` int (C for depthwise);
-             ``activation`` / ``activation_params`` (any of :data:`ACTIVATIONS`).
+             ``activation`` / ``activation_params`` (any of :data:`ACTIVATIONS`);
+             ``input_activation`` / ``input_activation_params`` (optional, absent meaning
+             "none": the conv fusion writes them on the depthwise readers of a ReLU6 1×1
+             conv, see :func:`conv_input_activation`). One of
+             :data:`CONV_INPUT_ACTIVATIONS`, applied elementwise to ``X`` in ``X``'s dtype
+             (clip bounds are values of that dtype, as a Clip node's would be), a NaN
+             staying NaN. The padding comes *after* it: ``pad0`` pads ``in_act(X)`` with
+             zeros, so padded taps read 0, not ``in_act(0)`` — as when the producer of
+             ``X`` applied the activation and the conv zero-padded its output. Only the
+             depthwise kernel (``codegen/conv.py``) runs it: cuDNN and cuBLASLt have no
+             prologue, and the builder refuses it on any other conv.
     """
     x, w, b, z = (list(inputs) + [None, None])[:4]
-    y = conv2d_nhwc(x, w, attrs["strides"], attrs["pads"], attrs["dilations"], attrs["group"])
+    in_act, in_params = conv_input_activation(attrs)
+    xa = apply_activation(x, in_act, in_params)
+    y = conv2d_nhwc(xa, w, attrs["strides"], attrs["pads"], attrs["dilations"], attrs["group"])
     if b is not None:
         y = y + b.astype(np.float64)
     if z is not None:
