@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 
 from tftrt_lite.codegen.kernel import (
     Dim, KernelSpec, KernelWriter, c_literal, c_type, compute_type, const_ints, contiguous_strides, dim_add,
-    dim_prod, emitter, grid_1d, normalize_axis, shape_of, unravel)
+    dim_mul, dim_prod, emitter, grid_1d, normalize_axis, shape_of, unravel)
 from tftrt_lite.engine import ir
 from tftrt_lite.errors import UnsupportedOpError
 
@@ -176,15 +176,30 @@ def _emit_slice(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
 
 
 # --------------------------------------------------------------------------- Pad / Tile
+def coalesce_pad(shape: Sequence[Dim], pads: Sequence[int]) -> Tuple[List[Dim], List[int], List[int]]:
+    """Merge neighbouring dims that are both unpadded (their elements move together):
+    (dims, begin pads, end pads). An NHWC channel pad becomes [N·H·W, C] → [N·H·W, C']."""
+    rank = len(shape)
+    dims: List[Dim] = []
+    begins: List[int] = []
+    ends: List[int] = []
+    for d, b, e in zip(shape, pads[:rank], pads[rank:]):
+        if dims and b == e == 0 and begins[-1] == ends[-1] == 0:
+            dims[-1] = dim_mul(dims[-1], d)
+        else:
+            dims.append(d)
+            begins.append(b)
+            ends.append(e)
+    return dims, begins, ends
+
+
 @emitter("Pad")
 def _emit_pad(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
     x, y = node.inputs[0], node.outputs[0]
-    in_shape = shape_of(graph, x, node)
-    out_shape = shape_of(graph, y, node)
-    rank = len(in_shape)
-    pads = const_ints(graph, node, 1, "pads")
     if len(node.inputs) > 3 and node.inputs[3]:
         raise UnsupportedOpError(f"node {node.name!r} (Pad): the axes input is not generated")
+    in_shape, begins, ends = coalesce_pad(shape_of(graph, x, node), const_ints(graph, node, 1, "pads"))
+    out_shape = [dim_add(d, b + e) for d, b, e in zip(in_shape, begins, ends)]
     mode = node.attrs.get("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     dt = graph.tensor(x).dtype
@@ -196,8 +211,11 @@ def _emit_pad(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
         fill = (c_literal(value.reshape(-1)[0].item(), dt) if value is not None
                 else f"{w.buffer(node.inputs[2], dt)}[0]")
     lines, coords, inside = [], [], []
-    for i in range(rank):
-        begin = pads[i]
+    for i, (begin, end) in enumerate(zip(begins, ends)):
+        coords.append(f"i{i}")
+        if begin == end == 0:
+            lines.append(f"const i64 i{i} = c{i};")
+            continue
         d = w.dim(in_shape[i])
         lines.append(f"i64 i{i} = c{i} - {begin}LL;")
         if mode == "constant":
@@ -208,7 +226,6 @@ def _emit_pad(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
             lines.append(f"if (i{i} < 0) i{i} = 0; if (i{i} >= {d}) i{i} = {d} - 1;")
         else:
             raise UnsupportedOpError(f"node {node.name!r} (Pad): mode {mode!r} is not generated")
-        coords.append(f"i{i}")
     load = f"{src}[{_offset(w, coords, in_shape)}]"
     if inside:  # both branches in the compute type: a half load and a float literal do not mix
         ct = compute_type(dt, node)
