@@ -41,7 +41,7 @@ from tftrt_lite.errors import TftrtLiteError
 from tftrt_lite.load.freeze import freeze_signature
 from tftrt_lite.load.proto import read_saved_model_proto
 from tftrt_lite.load.signature import signature_bindings
-from tftrt_lite.replace.rewrite import ENGINE_OP
+from tftrt_lite.replace.rewrite import ENGINE_OP, engine_input_dtypes
 from tftrt_lite.runtime import oplib
 from tftrt_lite.save import read_report
 
@@ -654,7 +654,7 @@ def _interface_graph(node, source: graph_pb2.GraphDef, inputs: Sequence[np.ndarr
     graph_def = graph_pb2.GraphDef()
     graph_def.versions.CopyFrom(source.versions)
     graph_def.library.CopyFrom(source.library)
-    for i, (value, dtype) in enumerate(zip(inputs, node.attr["InT"].list.type)):
+    for i, (value, dtype) in enumerate(zip(inputs, engine_input_dtypes(node))):
         ph = graph_def.node.add(name=f"input_{i}", op="Placeholder")
         ph.attr["dtype"].type = dtype
         ph.attr["shape"].shape.CopyFrom(tf.TensorShape(np.shape(value)).as_proto())
@@ -671,7 +671,7 @@ def run_native_segment(node, source: graph_pb2.GraphDef, inputs: Sequence[np.nda
     graph_def = _interface_graph(node, source, inputs)
     call = graph_def.node.add(name="native_segment", op="StatefulPartitionedCall")
     call.input.extend(f"input_{i}" for i in range(len(inputs)))
-    call.attr["Tin"].list.type.extend(node.attr["InT"].list.type)
+    call.attr["Tin"].list.type.extend(engine_input_dtypes(node))
     call.attr["Tout"].list.type.extend(node.attr["OutT"].list.type)
     call.attr["f"].func.CopyFrom(func)
     n_out = len(node.attr["OutT"].list.type)

@@ -86,3 +86,49 @@ def test_a_node_claimed_by_two_engines_is_rejected():
     specs[1].nodes = list(specs[1].nodes) + [n for n in specs[0].nodes if n != "c"][:1]
     with pytest.raises(ConversionError, match="is in engines"):
         replace_segments(graph_def, specs)
+
+
+def _lookup_graph():
+    """ids (int32) → gather rows, read before x (float32): segment x·table[ids]."""
+    g = tf.Graph()
+    with g.as_default():
+        ids = tf.compat.v1.placeholder(tf.int32, (None,), name="ids")
+        x = tf.compat.v1.placeholder(tf.float32, (None, 3), name="x")
+        table = tf.constant(np.arange(30, dtype=np.float32).reshape(10, 3), name="table")
+        rows = tf.gather(table, ids, name="rows")
+        tf.identity(tf.tanh(rows * 0.1) * x + 1.0, name="out")
+    return g.as_graph_def()
+
+
+def test_int32_inputs_go_last_into_host_tensors():
+    """TensorFlow keeps int32 on the host even on a GPU: the engine takes those inputs in
+    its second, host-memory list, after the others, in the segment's input order."""
+    graph_def = _lookup_graph()
+    (segment,) = segment_graph(graph_def, minimum_segment_size=2, protected=["ids", "x", "out"]).segments
+    assert segment.inputs == ["x:0", "ids:0"] and segment.input_dtypes == [tf.float32, tf.int32]
+    rewritten = replace_segments(graph_def, _specs(graph_def, [segment]))
+    engine = next(n for n in rewritten.node if n.op == "TftrtLiteEngine")
+    assert list(engine.input) == ["x", "ids"]
+    assert list(engine.attr["InT"].list.type) == [tf.float32.as_datatype_enum]
+    assert list(engine.attr["HostT"].list.type) == [tf.int32.as_datatype_enum]
+    ids = np.array([3, 0, 9, 3], np.int32)
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    feeds = {"ids:0": ids, "x:0": x}
+    outs = []
+    for gd in (rewritten, graph_def):
+        g = tf.Graph()
+        with g.as_default():
+            tf.graph_util.import_graph_def(gd, name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            outs.append(sess.run("out:0", feeds))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6)
+
+
+def test_an_int32_input_before_a_float_one_is_rejected():
+    graph_def = _lookup_graph()
+    (segment,) = segment_graph(graph_def, minimum_segment_size=2, protected=["ids", "x", "out"]).segments
+    (spec,) = _specs(graph_def, [segment])
+    spec.inputs, spec.input_dtypes = spec.inputs[::-1], spec.input_dtypes[::-1]
+    spec.input_shapes = spec.input_shapes[::-1]
+    with pytest.raises(ConversionError, match="int32 inputs must come last"):
+        replace_segments(graph_def, [spec])

@@ -42,7 +42,7 @@ def engine(x, z, *, input_shapes=((None, 4), (None, 2)), output_shapes=((None, 3
         segment_func.add_to_graph()
         attrs["segment_func"] = segment_func.name
     return oplib.load().tftrt_lite_engine(
-        in_tensors=[x, z], OutT=[tf.float32, tf.float32],
+        in_tensors=[x, z], host_tensors=[], OutT=[tf.float32, tf.float32],
         input_shapes=list(input_shapes), output_shapes=list(output_shapes),
         serialized_plan=b"\x00plan bytes\xff", plan_format_version=1,
         engine_name=engine_name, precision_mode="FP32", **attrs)
@@ -59,11 +59,14 @@ def lookup_segment(ids):
 LOOKUP = lookup_segment.get_concrete_function(tf.TensorSpec([None], tf.int32))
 
 
-def lookup_engine(ids):
-    """An engine whose input is int32, which TensorFlow keeps in host memory on GPUs."""
+def lookup_engine(ids, host=True):
+    """An engine whose input is int32, which TensorFlow keeps in host memory on GPUs: in
+    ``host_tensors`` as converted models pass it, or (``host=False``) in ``in_tensors``,
+    in device memory, as models converted before ``host_tensors`` existed do."""
     LOOKUP.add_to_graph()
     return oplib.load().tftrt_lite_engine(
-        in_tensors=[ids], OutT=[tf.float32], input_shapes=[(None,)], output_shapes=[(None, 3)],
+        in_tensors=[] if host else [ids], host_tensors=[ids] if host else [], OutT=[tf.float32],
+        input_shapes=[(None,)], output_shapes=[(None, 3)],
         serialized_plan=b"", plan_format_version=1, segment_func=LOOKUP.name,
         engine_name="engine_lookup", precision_mode="FP32")[0]
 
@@ -290,20 +293,21 @@ def test_gpu_fallback_reasons_and_parity(monkeypatch):
         with tf.device(gpu):
             dynamic = engine(x, z, engine_name="engine_gpu")
             fixed = engine(x, z, input_shapes=[(2, 4), (2, 2)], engine_name="engine_gpu_b2")
-            return dynamic, fixed, lookup_engine(ids)
+            return dynamic, fixed, lookup_engine(ids), lookup_engine(ids, host=False)
 
     oplib.reset_stats()
     x, z = random_inputs(5)
     ids = RNG.integers(0, 10, size=6).astype(np.int32)
-    dynamic, fixed, looked_up = on_gpu(x, z, ids)
+    dynamic, fixed, looked_up, looked_up_on_device = on_gpu(x, z, ids)
     want = expected(x, z)
     for outputs in (dynamic, fixed):
         np.testing.assert_allclose(outputs[0].numpy(), want[0], rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(outputs[1].numpy(), want[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(looked_up.numpy(), TABLE[ids] * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(looked_up_on_device.numpy(), TABLE[ids] * 2.0, rtol=1e-6)
     assert "GPU" in dynamic[0].device
     counts = oplib.stats()
-    assert counts["fallback_no_executor"] == 2, counts
+    assert counts["fallback_no_executor"] == 3, counts
     assert counts["fallback_shape_mismatch"] == 1, counts
     assert counts["fallback_no_gpu"] == 0, counts
 
@@ -348,7 +352,7 @@ def test_node_with_tactics_runs_and_saves_them(tmp_path):
         with tf.device("/CPU:0"):
             SEGMENT.add_to_graph()
             return oplib.load().tftrt_lite_engine(
-                in_tensors=[x, z], OutT=[tf.float32, tf.float32], input_shapes=[(None, 4), (None, 2)],
+                in_tensors=[x, z], host_tensors=[], OutT=[tf.float32, tf.float32], input_shapes=[(None, 4), (None, 2)],
                 output_shapes=[(None, 3), (None,)], serialized_plan=b"\x00plan bytes\xff", plan_format_version=1,
                 segment_func=SEGMENT.name, engine_name="engine_tuned", precision_mode="FP32",
                 tactics=TACTIC_LINES)

@@ -194,9 +194,19 @@ def pooling_nhwc(rng):
     return _model("pooling", nodes, [_vi("x", ["N", 8, 8, 6])], [_vi("y", ["N", 6])], {})
 
 
+def embedding_lookup(rng):
+    """Token rows gathered by int32 ids (host memory under TensorFlow) plus a float input."""
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0),
+             helper.make_node("Add", ["rows", "x"], ["s"]),
+             helper.make_node("MatMul", ["s", "w"], ["y"])]
+    inits = {"table": _f32(rng, 16, 8), "w": _f32(rng, 8, 4, scale=0.3)}
+    return _model("embedding_lookup", nodes, [_vi("x", ["N", 5, 8]), _vi("ids", ["N", 5], TensorProto.INT32)],
+                  [_vi("y", ["N", 5, 4])], inits)
+
+
 MODELS = {f.__name__: f for f in (conv_pad_relu_nhwc, conv_residual_depthwise_nhwc, pointwise_convs_nhwc,
                                   gemm_bias_gelu, batched_matmul, layernorm, attention, elementwise_chain,
-                                  pooling_nhwc)}
+                                  pooling_nhwc, embedding_lookup)}
 
 
 def random_feeds(engine, batch, rng):
@@ -305,8 +315,9 @@ def test_run_without_driver_is_unavailable(harness):
     out = (ctypes.c_uint64 * 1)()
     out_rank = (ctypes.c_int32 * 1)()
     out_dims = (ctypes.c_int64 * MAX_RANK)()
-    code = lib.tftrt_lite_executor_run(executor.handle, None, 1, fake, rank, dims, ALLOC_FN(lambda _, n: 0), None,
-                                       out, out_rank, out_dims, MAX_RANK)
+    on_host = (ctypes.c_uint8 * 1)(0)
+    code = lib.tftrt_lite_executor_run(executor.handle, None, 1, fake, on_host, rank, dims, ALLOC_FN(lambda _, n: 0),
+                                       None, out, out_rank, out_dims, MAX_RANK)
     assert code == UNAVAILABLE
     assert "libcuda.so.1" in lib.tftrt_lite_executor_last_error().decode()
 
@@ -375,6 +386,30 @@ def test_concurrent_runs_on_one_executor(harness):
         got = list(pool.map(run, range(len(feeds))))
     for i, (g, w) in enumerate(zip(got, want)):
         assert_close_tf32(g, w, f"run {i}")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("max_cached_shapes", [0, 1])
+def test_host_inputs_are_uploaded_on_the_stream(harness, max_cached_shapes):
+    """int32 ids in host memory (a NumPy array, as TensorFlow hands them to the op): the
+    executor stages and uploads them each call, uncaptured and under a CUDA graph, and
+    the buffer may be rewritten as soon as the call returns. More calls than staging
+    slots, so every slot is reused."""
+    import cupy
+
+    engine = build_engine(embedding_lookup(np.random.default_rng(9)), target_arch="sm_90")
+    executor = harness.create(engine.serialize(), max_cached_shapes=max_cached_shapes)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    ids = np.empty((3, 5), np.int32)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    for call in range(12):
+        ids[...] = rng.integers(0, 16, ids.shape)  # the same host buffer, new values
+        want = engine.run_reference({"x": x, "ids": ids})["y"]
+        with stream:
+            (y,) = executor.run([cupy.asarray(x), ids], [np.float32], stream)
+        assert_close_tf32(cupy.asnumpy(y), want, f"call {call}")
 
 
 # --------------------------------------------------------------------------- zoo

@@ -85,11 +85,36 @@ def _function_name(spec: EngineSpec) -> str:
     return f"{spec.name}_native_segment_{uuid.uuid4().hex[:12]}"
 
 
+def host_input_count(dtypes: Sequence[tf.DType]) -> int:
+    """How many of an engine's inputs (in order) go to its ``host_tensors`` list: the
+    trailing int32 ones. TensorFlow keeps int32 tensors on the host even on a GPU, and an
+    engine that took them in device memory would get a copy that waits for all GPU work
+    queued before it, serialising consecutive calls. Segments list int32 inputs last."""
+    count = 0
+    for d in reversed(list(dtypes)):
+        if tf.as_dtype(d) != tf.int32:
+            break
+        count += 1
+    return count
+
+
+def engine_input_dtypes(node) -> List[int]:
+    """An engine node's input dtypes (enum values) in the engine's input order."""
+    return list(node.attr["InT"].list.type) + list(node.attr["HostT"].list.type if "HostT" in node.attr else [])
+
+
 def _engine_node(spec: EngineSpec, control_inputs: Sequence[str], segment_func) -> tf.compat.v1.NodeDef:
+    dtypes = [tf.as_dtype(d) for d in spec.input_dtypes]
+    n_host = host_input_count(dtypes)
+    if tf.int32 in dtypes[:len(dtypes) - n_host]:
+        raise ConversionError(f"engine {spec.name!r} lists an int32 input before a non-int32 one "
+                              f"({[d.name for d in dtypes]}); int32 inputs must come last")
     node = tf.compat.v1.NodeDef(name=spec.name, op=ENGINE_OP)
     node.input.extend(_ref(*_split(t)) for t in spec.inputs)
     node.input.extend(f"^{c}" for c in control_inputs)
-    node.attr["InT"].list.type.extend(d.as_datatype_enum for d in spec.input_dtypes)
+    node.attr["InT"].list.type.extend(d.as_datatype_enum for d in dtypes[:len(dtypes) - n_host])
+    if n_host:  # absent otherwise, so the node stays readable by runtimes without the attr
+        node.attr["HostT"].list.type.extend(d.as_datatype_enum for d in dtypes[len(dtypes) - n_host:])
     node.attr["OutT"].list.type.extend(d.as_datatype_enum for d in spec.output_dtypes)
     node.attr["input_shapes"].list.shape.extend(tf.TensorShape(s).as_proto() for s in spec.input_shapes)
     node.attr["output_shapes"].list.shape.extend(tf.TensorShape(s).as_proto() for s in spec.output_shapes)

@@ -51,7 +51,7 @@ class Harness:
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p]
         inputs = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64),
-                  ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ALLOC_FN, ctypes.c_void_p]
+                  ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ALLOC_FN, ctypes.c_void_p]
         lib.tftrt_lite_executor_run.restype = ctypes.c_int
         lib.tftrt_lite_executor_run.argtypes = inputs + [
             ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64),
@@ -104,7 +104,11 @@ class Executor:
     @staticmethod
     def _call_args(inputs, stream):
         """The leading arguments every harness call takes, and the CuPy blocks the
-        allocator callback hands out (they must outlive the call's GPU work)."""
+        allocator callback hands out (they must outlive the call's GPU work).
+
+        NumPy inputs are passed as host memory, which the executor uploads on the stream
+        itself, as it does in the op for the int32 inputs TensorFlow keeps on the host;
+        CuPy inputs are device memory."""
         import cupy
 
         blocks = {}
@@ -114,17 +118,21 @@ class Executor:
             blocks[block.data.ptr] = block
             return block.data.ptr
 
-        arrays = [cupy.ascontiguousarray(a) for a in inputs]
+        on_host = [isinstance(a, np.ndarray) for a in inputs]
+        arrays = [np.ascontiguousarray(a) if host else cupy.ascontiguousarray(a) for a, host in zip(inputs, on_host)]
         n_in = len(arrays)
-        ptrs = (ctypes.c_uint64 * max(n_in, 1))(*[a.data.ptr for a in arrays])
+        ptrs = (ctypes.c_uint64 * max(n_in, 1))(*[a.ctypes.data if host else a.data.ptr
+                                                   for a, host in zip(arrays, on_host)])
+        hosts = (ctypes.c_uint8 * max(n_in, 1))(*on_host)
         ranks = (ctypes.c_int32 * max(n_in, 1))(*[a.ndim for a in arrays])
         dims = [d for a in arrays for d in a.shape]
         dims_arr = (ctypes.c_int64 * max(len(dims), 1))(*dims)
-        args = [ctypes.c_void_p(stream.ptr), n_in, ptrs, ranks, dims_arr, ALLOC_FN(allocate), None]
+        args = [ctypes.c_void_p(stream.ptr), n_in, ptrs, hosts, ranks, dims_arr, ALLOC_FN(allocate), None]
         return args, blocks, arrays
 
     def run(self, inputs, output_dtypes, stream=None):
-        """Run on CuPy arrays ``inputs`` on ``stream`` (a CuPy stream); returns CuPy outputs."""
+        """Run on ``inputs`` (CuPy arrays, or NumPy arrays in host memory) on ``stream`` (a
+        CuPy stream); returns CuPy outputs."""
         import cupy
 
         stream = stream or cupy.cuda.get_current_stream()

@@ -46,8 +46,9 @@ class Segment:
     """One cluster of nodes to be replaced by an engine.
 
     ``inputs``/``outputs`` are tensor names (``"node:idx"``) in a deterministic order:
-    inputs by first use in ``nodes`` (topological order), outputs by producing node
-    then output index. Shapes use ``None`` for dimensions unknown statically.
+    inputs by first use in ``nodes`` (topological order), int32 inputs last (the engine
+    op takes those from host memory, as TensorFlow keeps int32 on the host, in a second
+    input list after the first), outputs by producing node then output index. Shapes use ``None`` for dimensions unknown statically.
     """
 
     name: str
@@ -210,6 +211,7 @@ def _make_segment(name: str, members: List[str], view: GraphView, index: Dict[st
             if src not in inside and src not in controls:
                 controls.append(src)
 
+    inputs.sort(key=lambda t: view.dtype(t) == tf.int32)  # stable: int32 last, each group in order
     read_outside = set()
     for m in nodes:
         for consumer, is_control in view.consumers[m]:

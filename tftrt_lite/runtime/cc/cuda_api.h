@@ -41,6 +41,9 @@ namespace cuda {
   X(MemAlloc, cuMemAlloc_v2)                             \
   X(MemFree, cuMemFree_v2)                               \
   X(MemcpyHtoD, cuMemcpyHtoD_v2)                         \
+  X(MemcpyHtoDAsync, cuMemcpyHtoDAsync_v2)               \
+  X(MemHostAlloc, cuMemHostAlloc)                        \
+  X(MemFreeHost, cuMemFreeHost)                          \
   X(MemsetD8Async, cuMemsetD8Async)                      \
   X(Memcpy3DAsync, cuMemcpy3DAsync_v2)                   \
   X(MemcpyDtoDAsync, cuMemcpyDtoDAsync_v2)               \
@@ -64,7 +67,6 @@ namespace cuda {
 // them and left null otherwise, so a library without one still runs engines, untuned.
 #define TFTRT_LITE_DRIVER_OPTIONAL_FUNCTIONS(X)          \
   X(DeviceGetName, cuDeviceGetName)                      \
-  X(MemcpyHtoDAsync, cuMemcpyHtoDAsync_v2)               \
   X(MemcpyDtoHAsync, cuMemcpyDtoHAsync_v2)
 
 #define TFTRT_LITE_CUBLASLT_FUNCTIONS(X)                                 \

@@ -103,8 +103,10 @@ absl::Status EngineShapeFn(InferenceContext* c) {
 
 REGISTER_OP("TftrtLiteEngine")
     .Input("in_tensors: InT")
+    .Input("host_tensors: HostT")
     .Output("out_tensors: OutT")
     .Attr("InT: list(type) >= 0")
+    .Attr("HostT: list(type) >= 0 = []")
     .Attr("OutT: list(type) >= 1")
     .Attr("input_shapes: list(shape)")
     .Attr("output_shapes: list(shape)")
@@ -119,9 +121,14 @@ REGISTER_OP("TftrtLiteEngine")
     .Doc(R"doc(
 A fused GPU engine built by tftrt_lite from one segment of a TensorFlow graph.
 
-in_tensors: the segment's inputs.
+in_tensors: the segment's inputs in device memory.
+host_tensors: the segment's inputs that TensorFlow keeps in host memory on a GPU
+  (int32), after in_tensors in the engine's input order. Taking them where they are
+  spares a copy that would make each call wait for the GPU work queued before it; the
+  engine uploads them on its stream.
 out_tensors: the segment's outputs.
-input_shapes: shapes of in_tensors recorded at conversion (-1 for symbolic dims).
+input_shapes: shapes of in_tensors then host_tensors recorded at conversion (-1 for
+  symbolic dims).
 output_shapes: shapes of out_tensors recorded at conversion (-1 for symbolic dims).
 serialized_plan: the engine plan bytes (tftrt_lite/engine/plan.py).
 plan_format_version: layout version of serialized_plan.
@@ -434,6 +441,7 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
     for (int i = 0; i < ctx->num_inputs(); ++i) {
       const Tensor& t = ctx->input(i);
       inputs[i].ptr = reinterpret_cast<CUdeviceptr>(t.tensor_data().data());
+      inputs[i].on_host = ctx->input_memory_type(i) == tensorflow::HOST_MEMORY;
       const auto dims = t.shape().dim_sizes();  // by value: take begin/end of one copy
       inputs[i].shape.assign(dims.begin(), dims.end());
     }
@@ -570,7 +578,7 @@ class TftrtLiteEngineOp : public AsyncOpKernel {
 REGISTER_KERNEL_BUILDER(Name("TftrtLiteEngine").Device(tensorflow::DEVICE_CPU),
                         TftrtLiteEngineOp);
 #if GOOGLE_CUDA
-REGISTER_KERNEL_BUILDER(Name("TftrtLiteEngine").Device(tensorflow::DEVICE_GPU),
+REGISTER_KERNEL_BUILDER(Name("TftrtLiteEngine").Device(tensorflow::DEVICE_GPU).HostMemory("host_tensors"),
                         TftrtLiteEngineOp);
 #endif  // GOOGLE_CUDA
 

@@ -186,6 +186,34 @@ CudaGraphCounts GetCudaGraphCounts() {
 }
 
 // --------------------------------------------------------------------------- device state
+// Pinned host memory that host inputs pass through on their way to the device. From
+// pageable memory cuMemcpyHtoDAsync may wait for the stream, which would make every
+// call wait for the previous call's kernels; from pinned memory the copy is queued like
+// a kernel. Slots are used round robin, and a slot is refilled only once the copy that
+// last read it is done (its event), so the host waits only when kSlots calls are queued.
+struct HostStaging {
+  static constexpr int kSlots = 8;
+  struct Slot {
+    void* host = nullptr;
+    uint64_t bytes = 0;
+    CUevent copied = nullptr;  // recorded after the copy that last read `host`
+  };
+  std::mutex mu;
+  Slot slots[kSlots];
+  int next = 0;
+
+  void Release(const DriverApi& drv) {
+    for (Slot& slot : slots) {
+      if (slot.copied) {
+        drv.EventSynchronize(slot.copied);
+        drv.EventDestroy(slot.copied);
+      }
+      if (slot.host) drv.MemFreeHost(slot.host);
+      slot = Slot();
+    }
+  }
+};
+
 struct Executor::DeviceState {
   const DriverApi* driver = nullptr;
   const CublasLtApi* lt_api = nullptr;
@@ -211,11 +239,13 @@ struct Executor::DeviceState {
   std::map<std::vector<int64_t>, tactics::ConvAlgo> tuned_convs;
   std::mutex graphs_mu;
   std::map<std::vector<int64_t>, std::unique_ptr<ShapeGraph>> graphs;  // by symbol values
+  HostStaging staging;
 
   ~DeviceState() {
     if (driver == nullptr) return;
     // Errors are ignored: at process exit the context may already be gone.
     ContextScope scope(driver, context);
+    staging.Release(*driver);
     for (auto& kv : graphs) kv.second->Release(*driver);
     for (auto& kv : gemms) {
       GemmEntry& e = *kv.second;
@@ -843,6 +873,72 @@ Status BindInputSymbols(const plan::Plan& p, int num_inputs, const std::vector<D
   return Status::Ok();
 }
 
+// Copies the inputs that are in host memory to device scratch on `stream`, through one
+// pinned staging slot (HostStaging) and one cuMemcpyHtoDAsync per call, and returns the
+// inputs all on the device in `on_device`. The host memory may be reused as soon as
+// this returns: its bytes are in the slot.
+Status UploadHostInputs(Executor::DeviceState& st, const std::vector<uint32_t>& dtypes, CUstream stream,
+                        DeviceAllocator* allocator, const std::vector<DeviceTensor>& inputs,
+                        std::vector<DeviceTensor>* on_device) {
+  const DriverApi& drv = *st.driver;
+  *on_device = inputs;
+  std::vector<uint64_t> offsets(inputs.size(), 0), sizes(inputs.size(), 0);
+  uint64_t total = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!inputs[i].on_host) continue;
+    uint64_t count = 1;
+    for (int64_t d : inputs[i].shape) count *= static_cast<uint64_t>(d);
+    sizes[i] = count * plan::DTypeSize(dtypes[i]);
+    offsets[i] = total;
+    total += (sizes[i] + 255) / 256 * 256;  // every input 256-byte aligned, as the allocator's are
+    (*on_device)[i].on_host = false;
+    (*on_device)[i].ptr = 0;
+  }
+  if (total == 0) return Status::Ok();
+  CUdeviceptr device = 0;
+  Status status = allocator->AllocateTemp(total, &device);
+  if (!status.ok()) return status;
+  HostStaging& staging = st.staging;
+  std::lock_guard<std::mutex> lock(staging.mu);
+  HostStaging::Slot& slot = staging.slots[staging.next];
+  staging.next = (staging.next + 1) % HostStaging::kSlots;
+  CUresult r = CUDA_SUCCESS;
+  if (slot.copied != nullptr) {
+    r = drv.EventSynchronize(slot.copied);
+  } else {
+    r = drv.EventCreate(&slot.copied, CU_EVENT_DISABLE_TIMING);
+  }
+  if (r == CUDA_SUCCESS && slot.bytes < total) {
+    if (slot.host != nullptr) drv.MemFreeHost(slot.host);
+    slot.host = nullptr;
+    slot.bytes = 0;
+    const uint64_t bytes = std::max<uint64_t>(total, 4096);
+    r = drv.MemHostAlloc(&slot.host, bytes, 0);
+    if (r == CUDA_SUCCESS) slot.bytes = bytes;
+  }
+  if (r != CUDA_SUCCESS) {
+    return ExecError("staging the engine's host inputs failed: " + cuda::DriverErrorString(drv, r));
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (sizes[i] == 0) continue;
+    std::memcpy(static_cast<char*>(slot.host) + offsets[i], reinterpret_cast<const void*>(inputs[i].ptr), sizes[i]);
+    (*on_device)[i].ptr = device + offsets[i];
+  }
+  r = drv.MemcpyHtoDAsync(device, slot.host, total, stream);
+  if (r == CUDA_SUCCESS) r = drv.EventRecord(slot.copied, stream);
+  if (r != CUDA_SUCCESS) {
+    return ExecError("copying the engine's host inputs to the device failed: " + cuda::DriverErrorString(drv, r));
+  }
+  return Status::Ok();
+}
+
+bool AnyOnHost(const std::vector<DeviceTensor>& tensors) {
+  for (const DeviceTensor& t : tensors) {
+    if (t.on_host) return true;
+  }
+  return false;
+}
+
 // What one set of symbol values fixes: every expression's value and every buffer's
 // shape and size.
 struct Bound {
@@ -1336,7 +1432,7 @@ class EventSet {
 }  // namespace
 
 // --------------------------------------------------------------------------- run
-Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
+Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& given, DeviceAllocator* allocator,
                      std::vector<DeviceTensor>* outputs) {
   std::string error;
   const DriverApi* drv = cuda::Driver(&error);
@@ -1350,8 +1446,14 @@ Status Executor::Run(CUstream stream, const std::vector<DeviceTensor>& inputs, D
   status = GetDeviceState(context, &st);
   if (!status.ok()) return status;
   std::vector<int64_t> symbols;
-  status = BindInputSymbols(plan_, num_inputs_, inputs, &symbols);
+  status = BindInputSymbols(plan_, num_inputs_, given, &symbols);
   if (!status.ok()) return status;
+  std::vector<DeviceTensor> uploaded;
+  if (AnyOnHost(given)) {
+    status = UploadHostInputs(*st, input_dtypes_, stream, allocator, given, &uploaded);
+    if (!status.ok()) return status;
+  }
+  const std::vector<DeviceTensor>& inputs = uploaded.empty() ? given : uploaded;
 
   // A shape with a graph slot is served on the slot's memory when no other call holds
   // it; a busy or uncapturable slot, or a shape past the cache, runs uncaptured.
@@ -1423,7 +1525,7 @@ void Executor::ReportUncapturable(const std::string& symbols, const std::string&
 }
 
 // --------------------------------------------------------------------------- profile
-Status Executor::Profile(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
+Status Executor::Profile(CUstream stream, const std::vector<DeviceTensor>& given, DeviceAllocator* allocator,
                          int repeats, std::vector<double>* step_us, std::vector<DeviceTensor>* outputs) {
   if (repeats < 1) return ExecError("profiling needs at least one repeat, got " + std::to_string(repeats));
   std::string error;
@@ -1438,8 +1540,14 @@ Status Executor::Profile(CUstream stream, const std::vector<DeviceTensor>& input
   status = GetDeviceState(context, &st);
   if (!status.ok()) return status;
   std::vector<int64_t> symbols;
-  status = BindInputSymbols(plan_, num_inputs_, inputs, &symbols);
+  status = BindInputSymbols(plan_, num_inputs_, given, &symbols);
   if (!status.ok()) return status;
+  std::vector<DeviceTensor> uploaded;
+  if (AnyOnHost(given)) {
+    status = UploadHostInputs(*st, input_dtypes_, stream, allocator, given, &uploaded);
+    if (!status.ok()) return status;
+  }
+  const std::vector<DeviceTensor>& inputs = uploaded.empty() ? given : uploaded;
   Bound b;
   status = Bind(plan_, inputs, std::move(symbols), &b);
   if (!status.ok()) return status;

@@ -4,7 +4,8 @@
 // small C harness (harness.cc) that tests drive with CuPy buffers, so its numerics are
 // tested on a GPU without TensorFlow and the op stays a thin adapter. Memory comes from
 // the caller's allocator (TensorFlow's, in the op), work goes on the caller's stream,
-// and nothing synchronises the device.
+// and nothing synchronises the device (a call with host inputs waits only when eight
+// calls' uploads are still queued).
 //
 // A plan is parsed and checked once (Create). Everything bound to a device (loaded
 // modules, uploaded weights, cuBLASLt/cuDNN handles) is created on the first Run in a
@@ -67,10 +68,14 @@ class Status {
   std::string message_;
 };
 
-// A device tensor handed to or returned by Run.
+// A tensor handed to or returned by Run. Inputs may be in host memory (`on_host`,
+// `ptr` then holds the host address): TensorFlow keeps the int32 tensors of GPU ops on
+// the host, and Run copies such inputs to the device on the stream before any step
+// reads them (see UploadHostInputs in executor.cc). Outputs are always device memory.
 struct DeviceTensor {
   CUdeviceptr ptr = 0;
   std::vector<int64_t> shape;
+  bool on_host = false;
 };
 
 // Where Run gets device memory. Both calls are made before any work is enqueued;
@@ -118,8 +123,8 @@ class Executor {
   uint32_t output_dtype(int i) const { return output_dtypes_[i]; }
 
   // Runs the plan on `stream` (its context is made current for the call). `inputs`
-  // are device pointers with their shapes; `outputs` receives one tensor per engine
-  // output, allocated through `allocator`.
+  // are device (or host, see DeviceTensor) pointers with their shapes; `outputs`
+  // receives one tensor per engine output, allocated through `allocator`.
   Status Run(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator,
              std::vector<DeviceTensor>* outputs);
 

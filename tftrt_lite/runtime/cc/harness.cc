@@ -89,12 +89,14 @@ class ReusingAllocator : public tftrt_lite::DeviceAllocator {
   std::vector<Block> blocks_;
 };
 
-// Input i is `ptrs[i]` with `ranks[i]` dims taken in order from `dims`.
-std::vector<tftrt_lite::DeviceTensor> Inputs(int num_inputs, const uint64_t* ptrs, const int32_t* ranks,
-                                             const int64_t* dims) {
+// Input i is `ptrs[i]` with `ranks[i]` dims taken in order from `dims`, in host memory
+// where `on_host[i]` is nonzero.
+std::vector<tftrt_lite::DeviceTensor> Inputs(int num_inputs, const uint64_t* ptrs, const uint8_t* on_host,
+                                             const int32_t* ranks, const int64_t* dims) {
   std::vector<tftrt_lite::DeviceTensor> inputs(num_inputs);
   for (int i = 0; i < num_inputs; ++i) {
     inputs[i].ptr = static_cast<CUdeviceptr>(ptrs[i]);
+    inputs[i].on_host = on_host[i] != 0;
     inputs[i].shape.assign(dims, dims + ranks[i]);
     dims += ranks[i];
   }
@@ -143,14 +145,17 @@ int tftrt_lite_executor_num_steps(void* executor) {
 
 // Runs the plan on `stream` (a CUstream; NULL for the context's default stream).
 // Input i is `input_ptrs[i]` with `input_ranks[i]` dims taken in order from
-// `input_dims`. Output j comes back as `output_ptrs[j]` (memory from `alloc`) with
+// `input_dims`, in host memory where `input_on_host[i]` is nonzero (Run uploads it).
+// Output j comes back as `output_ptrs[j]` (memory from `alloc`) with
 // `output_ranks[j]` dims in `output_dims[j * max_rank ...]`. Returns 0 or the
 // tftrt_lite::Status code, with the message in tftrt_lite_executor_last_error().
 int tftrt_lite_executor_run(void* executor, void* stream, int num_inputs, const uint64_t* input_ptrs,
-                            const int32_t* input_ranks, const int64_t* input_dims, AllocFn alloc, void* alloc_user,
+                            const uint8_t* input_on_host, const int32_t* input_ranks, const int64_t* input_dims,
+                            AllocFn alloc, void* alloc_user,
                             uint64_t* output_ptrs, int32_t* output_ranks, int64_t* output_dims, int max_rank) {
   auto* exec = static_cast<tftrt_lite::Executor*>(executor);
-  std::vector<tftrt_lite::DeviceTensor> inputs = Inputs(num_inputs, input_ptrs, input_ranks, input_dims);
+  std::vector<tftrt_lite::DeviceTensor> inputs =
+      Inputs(num_inputs, input_ptrs, input_on_host, input_ranks, input_dims);
   CallbackAllocator allocator(alloc, alloc_user);
   std::vector<tftrt_lite::DeviceTensor> outputs;
   tftrt_lite::Status status = exec->Run(static_cast<CUstream>(stream), inputs, &allocator, &outputs);
@@ -173,15 +178,15 @@ int tftrt_lite_executor_run(void* executor, void* stream, int num_inputs, const 
 // every step and writes each step's median microseconds to `step_us`
 // (tftrt_lite_executor_num_steps entries). Inputs as for tftrt_lite_executor_run.
 int tftrt_lite_executor_profile(void* executor, void* stream, int num_inputs, const uint64_t* input_ptrs,
-                                const int32_t* input_ranks, const int64_t* input_dims, AllocFn alloc,
-                                void* alloc_user, int repeats, double* step_us) {
+                                const uint8_t* input_on_host, const int32_t* input_ranks, const int64_t* input_dims,
+                                AllocFn alloc, void* alloc_user, int repeats, double* step_us) {
   auto* exec = static_cast<tftrt_lite::Executor*>(executor);
   CallbackAllocator allocator(alloc, alloc_user);
   std::vector<tftrt_lite::DeviceTensor> outputs;
   std::vector<double> times;
-  tftrt_lite::Status status = exec->Profile(static_cast<CUstream>(stream),
-                                            Inputs(num_inputs, input_ptrs, input_ranks, input_dims), &allocator,
-                                            repeats, &times, &outputs);
+  tftrt_lite::Status status =
+      exec->Profile(static_cast<CUstream>(stream), Inputs(num_inputs, input_ptrs, input_on_host, input_ranks, input_dims),
+                    &allocator, repeats, &times, &outputs);
   if (!status.ok()) return Record(status);
   for (size_t i = 0; i < times.size(); ++i) step_us[i] = times[i];
   return Record(tftrt_lite::Status::Ok());
@@ -192,8 +197,9 @@ int tftrt_lite_executor_profile(void* executor, void* stream, int num_inputs, co
 // back on `stream`, synchronised once; `*ms_per_call` is their wall time over `iters`,
 // host work included. Memory comes from `alloc` during the warm-up and is reused after.
 int tftrt_lite_executor_time_calls(void* executor, void* stream, int num_inputs, const uint64_t* input_ptrs,
-                                   const int32_t* input_ranks, const int64_t* input_dims, AllocFn alloc,
-                                   void* alloc_user, int warmup, int iters, double* ms_per_call) {
+                                   const uint8_t* input_on_host, const int32_t* input_ranks,
+                                   const int64_t* input_dims, AllocFn alloc, void* alloc_user, int warmup, int iters,
+                                   double* ms_per_call) {
   using tftrt_lite::Status;
   if (iters < 1) return Record(Status::Error(Status::kExecution, "iters must be at least 1, got " +
                                                                      std::to_string(iters)));
@@ -202,7 +208,8 @@ int tftrt_lite_executor_time_calls(void* executor, void* stream, int num_inputs,
   if (drv == nullptr) return Record(Status::Error(Status::kUnavailable, error));
   auto* exec = static_cast<tftrt_lite::Executor*>(executor);
   const CUstream cu_stream = static_cast<CUstream>(stream);
-  const std::vector<tftrt_lite::DeviceTensor> inputs = Inputs(num_inputs, input_ptrs, input_ranks, input_dims);
+  const std::vector<tftrt_lite::DeviceTensor> inputs =
+      Inputs(num_inputs, input_ptrs, input_on_host, input_ranks, input_dims);
   ReusingAllocator allocator(alloc, alloc_user);
   std::vector<tftrt_lite::DeviceTensor> outputs;
   auto synchronize = [&]() {

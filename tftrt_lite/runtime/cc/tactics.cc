@@ -580,7 +580,7 @@ bool SplitKApi(const CublasLtApi& lt) {
 // Whether candidates' outputs can be compared with cuBLASLt's first pick's.
 bool Checkable(const GemmProblem& p) {
   const uint64_t inputs = p.a_bytes + p.b_bytes + p.bias_bytes + (p.has_c ? p.d_bytes : 0);
-  return p.driver->MemcpyHtoDAsync && p.driver->MemcpyDtoHAsync && inputs <= kMaxCheckedInputBytes &&
+  return p.driver->MemcpyDtoHAsync && inputs <= kMaxCheckedInputBytes &&
          p.d_bytes <= kMaxCheckedOutputBytes;
 }
 
