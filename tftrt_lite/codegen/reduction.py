@@ -29,6 +29,7 @@ WARPS = BLOCK // 32
 #: 128) still spread over every SM.
 MAX_ROW_REGISTERS = 32
 LN_WARPS = 2
+_FLOAT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 # op → (init, combine(acc, v), map(x) applied before combining, finalize(acc, R))
 _REDUCERS = {
@@ -199,24 +200,13 @@ def emit_layer_norm(graph: ir.Graph, node: ir.Node, x: str, scale: str, bias: Op
         lines.append(f"  const {t}* rr = {pres} + row * {D};")
     store_sum = f" {psum}[row * {D} + i] = ({t})v;" if psum else ""
     if cached:
-        # The row lives in registers: every load is issued before the first reduction, so
-        # one memory latency per row instead of one per pass and per 32 elements.
-        full = cols_d % 32 == 0
-        guard = "" if full else f"if (i < {D}) "
-        lines += [f"  {at} v_[{per_lane}];",
-                  f"  {at} s = 0;",
-                  "#pragma unroll",
-                  f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; "
-                  f"v_[k] = 0; {guard}{{ const {at} v = {load}; v_[k] = v; s += v;{store_sum} }} }}",
-                  f"  const {at} mean = tl_warp_sum(s) / ({at}){D};",
-                  f"  {at} q = 0;",
-                  "#pragma unroll",
-                  f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; "
-                  f"{guard}{{ const {at} d = v_[k] - mean; q += d * d; }} }}",
-                  f"  const {at} sd = tl_sqrt(tl_warp_sum(q) / ({at}){D} + ({at}){c_literal(epsilon, 'float32')});",
-                  "#pragma unroll",
-                  f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; {guard}{{",
-                  f"    {at} v = (v_[k] - mean) / sd * ({at}){pscale}[i];"]
+        vw = 16 // _FLOAT_BYTES[dt]
+        if cols_d % (32 * vw) == 0:
+            same = [p for p, tensor in ((pscale, scale), (pbias, bias)) if p and graph.tensor(tensor).dtype == dt]
+            lines += _layer_norm_vector_body(t, at, vw, per_lane, D, load, px, pres, py, psum, pscale, pbias,
+                                             same, epsilon)
+        else:
+            lines += _layer_norm_cached_body(t, at, per_lane, cols_d, D, load, psum, py, pscale, pbias, epsilon)
     else:
         lines += [f"  {at} s = 0;",
                   f"  for (i64 i = lane; i < {D}; i += 32) {{ const {at} v = {load}; s += v;{store_sum} }}",
@@ -226,14 +216,115 @@ def emit_layer_norm(graph: ir.Graph, node: ir.Node, x: str, scale: str, bias: Op
                   f"  const {at} sd = tl_sqrt(tl_warp_sum(q) / ({at}){D} + ({at}){c_literal(epsilon, 'float32')});",
                   f"  for (i64 i = lane; i < {D}; i += 32) {{",
                   f"    {at} v = ({load} - mean) / sd * ({at}){pscale}[i];"]
-    if pbias:
-        lines.append(f"    v += ({at}){pbias}[i];")
-    lines += [f"    {py}[row * {D} + i] = ({t})v;", "  }" + ("}" if cached else "")]
+        if pbias:
+            lines.append(f"    v += ({at}){pbias}[i];")
+        lines += [f"    {py}[row * {D} + i] = ({t})v;", "  }"]
     if pmean:
         lines.append(f"  if (lane == 0) {pmean}[row] = mean;")
     if pinv:
         lines.append(f"  if (lane == 0) {pinv}[row] = {at}(1) / sd;")
     return w.finish("\n".join(lines), grid_1d(rows_d, warps), (32 * warps, 1, 1))
+
+
+def _row_statistics(at: str, per_lane: int, D: str, epsilon: float, guard: str = "") -> List[str]:
+    """mean and sd of the row held in ``v_`` (``per_lane`` values per lane)."""
+    return [f"  {at} s = 0;",
+            "#pragma unroll",
+            f"  for (int k = 0; k < {per_lane}; ++k) s += v_[k];",
+            f"  const {at} mean = tl_warp_sum(s) / ({at}){D};",
+            f"  {at} q = 0;",
+            "#pragma unroll",
+            f"  for (int k = 0; k < {per_lane}; ++k) {{ "
+            + (f"const i64 i = lane + 32 * k; {guard}" if guard else "")
+            + f"{{ const {at} d = v_[k] - mean; q += d * d; }} }}",
+            f"  const {at} sd = tl_sqrt(tl_warp_sum(q) / ({at}){D} + ({at}){c_literal(epsilon, 'float32')});"]
+
+
+def _normalized(at: str, value: str, pscale: str, pbias: Optional[str], i: str) -> str:
+    bias = f" + ({at}){pbias}[{i}]" if pbias else ""
+    return f"({value} - mean) / sd * ({at}){pscale}[{i}]{bias}"
+
+
+def _layer_norm_cached_body(t, at, per_lane, cols, D, load, psum, py, pscale, pbias, epsilon) -> List[str]:
+    """The row in registers, element ``lane + 32 k`` in ``v_[k]``: every load is issued
+    before the first reduction, so one memory latency per row instead of one per pass."""
+    guard = "" if cols % 32 == 0 else f"if (i < {D}) "
+    store_sum = f" {psum}[row * {D} + i] = ({t})v_[k];" if psum else ""
+    return ([f"  {at} v_[{per_lane}];",
+             "#pragma unroll",
+             f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; "
+             f"v_[k] = 0; {guard}{{ v_[k] = {load};{store_sum} }} }}"]
+            + _row_statistics(at, per_lane, D, epsilon, guard)
+            + ["#pragma unroll",
+               f"  for (int k = 0; k < {per_lane}; ++k) {{ const i64 i = lane + 32 * k; "
+               f"{guard}{py}[row * {D} + i] = ({t})({_normalized(at, 'v_[k]', pscale, pbias, 'i')}); }}"])
+
+
+def _layer_norm_vector_body(t, at, vw, per_lane, D, load, px, pres, py, psum, pscale, pbias, vector_params,
+                            epsilon) -> List[str]:
+    """As the cached body, with each lane owning runs of ``vw`` neighbouring elements
+    (element ``(32 k + lane) vw + j`` in ``v_[k vw + j]``) so that rows move in 16-byte
+    words: a quarter (float32) or an eighth (halves) of the load and store instructions.
+    ``vector_params`` (scale and bias pointers of the row's dtype) are read in words too.
+    Rows whose pointers are not 16-byte aligned take the same layout with scalar accesses."""
+    runs = per_lane // vw
+    vt = f"tl_vec<{t}, {vw}>"
+    ptrs = [px, py] + ([pres] if pres else []) + ([psum] if psum else []) + list(vector_params)
+    aligned = " | ".join(f"reinterpret_cast<unsigned long long>({p})" for p in ptrs)
+    vload = load.replace("xr[i]", "a.v[j]").replace("rr[i]", "b.v[j]")
+    lines = [f"  {at} v_[{per_lane}];",
+             f"  const bool aligned = (({aligned}) & 15ULL) == 0;",
+             "  if (aligned) {",
+             "#pragma unroll",
+             f"    for (int k = 0; k < {runs}; ++k) {{",
+             f"      const i64 i = ((i64)k * 32 + lane) * {vw};",
+             f"      const {vt} a = *reinterpret_cast<const {vt}*>(xr + i);"]
+    if pres:
+        lines.append(f"      const {vt} b = *reinterpret_cast<const {vt}*>(rr + i);")
+    lines += ["#pragma unroll",
+              f"      for (int j = 0; j < {vw}; ++j) v_[k * {vw} + j] = {vload};",
+              "    }",
+              "  } else {",
+              "#pragma unroll",
+              f"    for (int k = 0; k < {per_lane}; ++k) {{",
+              f"      const i64 i = ((i64)(k / {vw}) * 32 + lane) * {vw} + k % {vw};",
+              f"      v_[k] = {load};",
+              "    }",
+              "  }"]
+    lines += _row_statistics(at, per_lane, D, epsilon)
+    lines += ["  if (aligned) {",
+              "#pragma unroll",
+              f"    for (int k = 0; k < {runs}; ++k) {{",
+              f"      const i64 i = ((i64)k * 32 + lane) * {vw};",
+              f"      {vt} o;"]
+    if psum:
+        lines.append(f"      {vt} so;")
+    words = {p: f"w{n}" for n, p in enumerate(vector_params)}
+    for p, name in words.items():
+        lines.append(f"      const {vt} {name} = *reinterpret_cast<const {vt}*>({p} + i);")
+    scale_j = f"{words[pscale]}.v[j]" if pscale in words else f"{pscale}[i + j]"
+    bias_j = (f"{words[pbias]}.v[j]" if pbias in words else f"{pbias}[i + j]") if pbias else None
+    normalized = f"(v - mean) / sd * ({at}){scale_j}" + (f" + ({at}){bias_j}" if bias_j else "")
+    lines += ["#pragma unroll",
+              f"      for (int j = 0; j < {vw}; ++j) {{",
+              f"        const {at} v = v_[k * {vw} + j];",
+              f"        o.v[j] = ({t})({normalized});"]
+    if psum:
+        lines.append(f"        so.v[j] = ({t})v;")
+    lines += ["      }",
+              f"      *reinterpret_cast<{vt}*>({py} + row * {D} + i) = o;"]
+    if psum:
+        lines.append(f"      *reinterpret_cast<{vt}*>({psum} + row * {D} + i) = so;")
+    lines += ["    }",
+              "  } else {",
+              "#pragma unroll",
+              f"    for (int k = 0; k < {per_lane}; ++k) {{",
+              f"      const i64 i = ((i64)(k / {vw}) * 32 + lane) * {vw} + k % {vw};",
+              f"      {py}[row * {D} + i] = ({t})({_normalized(at, 'v_[k]', pscale, pbias, 'i')});"]
+    if psum:
+        lines.append(f"      {psum}[row * {D} + i] = ({t})v_[k];")
+    lines += ["    }", "  }"]
+    return lines
 
 
 @emitter("tftrt.LayerNorm")
