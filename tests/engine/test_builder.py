@@ -95,16 +95,16 @@ def test_every_buffer_and_argument_resolves():
         assert st.grid[0].evaluate([4]) >= 1
 
 
-def _conv_model(rng):
+def _conv_model(rng, channels=8):
     """NCHW conv → relu → maxpool → global average pool, as an ONNX exporter writes it."""
-    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w = rng.standard_normal((8, channels, 3, 3)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], strides=[1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
              helper.make_node("Flatten", ["g"], ["y"], name="flat", axis=1)]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 8, 8])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], {"w": w, "b": b})
     return model
 
@@ -121,9 +121,17 @@ def test_conv_model_uses_cudnn_step_and_generated_kernels():
     writers = [s for s in engine.plan.steps if isinstance(s, LaunchStep)
                and any(a.kind == ArgKind.BUFFER and a.value == y_buf[0] for a in s.args)]
     assert writers
-    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    x = rng.standard_normal((2, 8, 8, 8)).astype(np.float32)
     back = Engine.deserialize(engine.serialize())
     assert back.run_reference({"x": x})["y"].tobytes() == engine.run_reference({"x": x})["y"].tobytes()
+
+
+def test_conv_over_three_channels_is_a_generated_stem_kernel():
+    """cuDNN has no tensor-core kernel for an RGB stem; the filter goes into a generated kernel."""
+    engine = build_engine(_conv_model(np.random.default_rng(2), channels=3), target_arch="sm_90")
+    assert not [s for s in engine.plan.steps if isinstance(s, ConvStep)]
+    names = [engine.plan.kernels[s.kernel].name for s in engine.plan.steps if isinstance(s, LaunchStep)]
+    assert sum(n.startswith("tl_stemconv_") for n in names) == 1, names
 
 
 def test_pointwise_convs_become_gemm_steps():

@@ -22,12 +22,12 @@ def _mlp():
 
 
 def _conv():
-    """y = conv(x, w) for x [N, 4, 8, 8], w [6, 4, 3, 3], pads 1."""
-    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((6, 4, 3, 3)).astype(np.float32), "w")
+    """y = conv(x, w) for x [N, 5, 8, 8], w [6, 5, 3, 3], pads 1 (5 channels: a cuDNN conv, not a stem kernel)."""
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((6, 5, 3, 3)).astype(np.float32), "w")
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["xt", "w"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Transpose", ["c"], ["y"], perm=[0, 2, 3, 1])]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 4])],
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 6])], [w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -50,10 +50,10 @@ def test_gemm_and_kernel_costs_at_a_bound_batch():
 def test_conv_costs():
     engine = build_engine(_conv(), target_arch="sm_80")
     plan = engine.plan
-    costs = step_costs(plan, symbol_values(plan, [(2, 8, 8, 4)]))
+    costs = step_costs(plan, symbol_values(plan, [(2, 8, 8, 5)]))
     (ci,) = [i for i, s in enumerate(plan.steps) if isinstance(s, ConvStep)]
-    assert costs[ci]["flops"] == 2 * 2 * 8 * 8 * 6 * 3 * 3 * 4
-    assert costs[ci]["bytes"] == 4 * (2 * 8 * 8 * 4 + 6 * 3 * 3 * 4 + 2 * 8 * 8 * 6)
+    assert costs[ci]["flops"] == 2 * 2 * 8 * 8 * 6 * 3 * 3 * 5
+    assert costs[ci]["bytes"] == 4 * (2 * 8 * 8 * 5 + 6 * 3 * 3 * 5 + 2 * 8 * 8 * 6)
 
 
 def test_roofline_share():

@@ -23,6 +23,7 @@ import numpy as np
 from tftrt_lite.codegen import LIBRARY_OPS, VIEW_OPS, KernelSpec, emit_activation, emit_copy, emit_node
 from tftrt_lite.codegen.conv import emit_depthwise_conv, is_pointwise
 from tftrt_lite.codegen.nvrtc import compile_kernel
+from tftrt_lite.codegen.stem_conv import emit_stem_conv
 from tftrt_lite.engine import ir, symbolic
 from tftrt_lite.engine.fused_ops import conv_input_activation
 from tftrt_lite.engine.plan import (
@@ -332,6 +333,10 @@ class _PlanBuilder:
             depthwise = emit_depthwise_conv(self.cg_graph, node)
             if depthwise is not None:  # memory-bound: a generated kernel beats cuDNN's grouped conv
                 self._launch(depthwise)
+                return
+            stem = emit_stem_conv(self.cg_graph, node)
+            if stem is not None:  # few input channels: cuDNN has no tensor-core kernel for them
+                self._launch(stem)
                 return
             in_act, _ = conv_input_activation(node.attrs)
             if in_act != "none":

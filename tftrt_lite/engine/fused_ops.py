@@ -116,7 +116,8 @@ def conv_input_activation(attrs: Dict) -> Tuple[str, List[float]]:
 @reference_op("tftrt.FusedConv")
 def fused_conv(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.ndarray]:
     """``Y = act(conv2d(pad0(in_act(X)), W) + B + Z)`` in NHWC — a cuDNN convolution call at
-    run time (a cuBLASLt GEMM for 1×1 convs, a generated kernel for depthwise ones).
+    run time (a cuBLASLt GEMM for 1×1 convs, a generated kernel for depthwise ones and for
+    stems over a few input channels).
 
     Inputs:  ``X`` [N, H, W, C] activations (NHWC);
              ``W`` [O, kH, kW, C/group] weights (cuDNN NHWC filter layout, "OHWI");
