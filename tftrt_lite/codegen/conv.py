@@ -73,7 +73,7 @@ from tftrt_lite.codegen.elementwise import activation_program, program_c
 from tftrt_lite.codegen.kernel import (
     Dim, KernelSpec, KernelWriter, LaunchDim, c_type, compute_type, dim_mul, dim_prod, vector_length)
 from tftrt_lite.engine import ir
-from tftrt_lite.engine.fused_ops import conv_input_activation
+from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands
 from tftrt_lite.engine.reference import np_dtype
 
 #: Threads per block the tiling fills up to (more blocks per SM hide load latency better
@@ -318,10 +318,7 @@ def emit_depthwise_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
     filter is too large to stage, see :func:`depthwise_tiling`)."""
     if not is_depthwise(graph, node):
         return None
-    x, wt = node.inputs[0], node.inputs[1]
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-    residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
-    y = node.outputs[0]
+    x, wt, bias, residual, y = conv_operands(node)
     n_d, h_d, w_d, channels = graph.tensor(x).shape
     _, oh_d, ow_d, _ = graph.tensor(y).shape
     _, kh, kw, _ = graph.tensor(wt).shape

@@ -20,6 +20,7 @@ from tftrt_lite.codegen.kernel import (
     FLOAT_DTYPES, Dim, KernelSpec, KernelWriter, c_literal, c_type, const_ints, dim_prod, emitter, grid_1d,
     normalize_axis, shape_of)
 from tftrt_lite.engine import ir
+from tftrt_lite.engine.reference import np_dtype
 from tftrt_lite.errors import UnsupportedOpError
 
 BLOCK = 256
@@ -29,7 +30,6 @@ WARPS = BLOCK // 32
 #: 128) still spread over every SM.
 MAX_ROW_REGISTERS = 32
 LN_WARPS = 2
-_FLOAT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 # op → (init, combine(acc, v), map(x) applied before combining, finalize(acc, R))
 _REDUCERS = {
@@ -200,7 +200,7 @@ def emit_layer_norm(graph: ir.Graph, node: ir.Node, x: str, scale: str, bias: Op
         lines.append(f"  const {t}* rr = {pres} + row * {D};")
     store_sum = f" {psum}[row * {D} + i] = ({t})v;" if psum else ""
     if cached:
-        vw = 16 // _FLOAT_BYTES[dt]
+        vw = 16 // np.dtype(np_dtype(dt)).itemsize
         if cols_d % (32 * vw) == 0:
             same = [p for p, tensor in ((pscale, scale), (pbias, bias)) if p and graph.tensor(tensor).dtype == dt]
             lines += _layer_norm_vector_body(t, at, vw, per_lane, D, load, px, pres, py, psum, pscale, pbias,
@@ -260,6 +260,24 @@ def _layer_norm_cached_body(t, at, per_lane, cols, D, load, psum, py, pscale, pb
                f"{guard}{py}[row * {D} + i] = ({t})({_normalized(at, 'v_[k]', pscale, pbias, 'i')}); }}"])
 
 
+def _by_alignment(vw: int, per_lane: int, vector_body: List[str], scalar_body: List[str]) -> List[str]:
+    """The two walks over a lane's row elements: in 16-byte words when ``aligned`` (run
+    ``k`` starts at element ``i``), else one element at a time (element ``k`` of the
+    register layout is element ``i`` of the row). Bodies come indented for the loop."""
+    return (["  if (aligned) {",
+             "#pragma unroll",
+             f"    for (int k = 0; k < {per_lane // vw}; ++k) {{",
+             f"      const i64 i = ((i64)k * 32 + lane) * {vw};"]
+            + vector_body
+            + ["    }",
+               "  } else {",
+               "#pragma unroll",
+               f"    for (int k = 0; k < {per_lane}; ++k) {{",
+               f"      const i64 i = ((i64)(k / {vw}) * 32 + lane) * {vw} + k % {vw};"]
+            + scalar_body
+            + ["    }", "  }"])
+
+
 def _layer_norm_vector_body(t, at, vw, per_lane, D, load, px, pres, py, psum, pscale, pbias, vector_params,
                             epsilon) -> List[str]:
     """As the cached body, with each lane owning runs of ``vw`` neighbouring elements
@@ -267,64 +285,41 @@ def _layer_norm_vector_body(t, at, vw, per_lane, D, load, px, pres, py, psum, ps
     words: a quarter (float32) or an eighth (halves) of the load and store instructions.
     ``vector_params`` (scale and bias pointers of the row's dtype) are read in words too.
     Rows whose pointers are not 16-byte aligned take the same layout with scalar accesses."""
-    runs = per_lane // vw
     vt = f"tl_vec<{t}, {vw}>"
     ptrs = [px, py] + ([pres] if pres else []) + ([psum] if psum else []) + list(vector_params)
     aligned = " | ".join(f"reinterpret_cast<unsigned long long>({p})" for p in ptrs)
     vload = load.replace("xr[i]", "a.v[j]").replace("rr[i]", "b.v[j]")
-    lines = [f"  {at} v_[{per_lane}];",
-             f"  const bool aligned = (({aligned}) & 15ULL) == 0;",
-             "  if (aligned) {",
-             "#pragma unroll",
-             f"    for (int k = 0; k < {runs}; ++k) {{",
-             f"      const i64 i = ((i64)k * 32 + lane) * {vw};",
-             f"      const {vt} a = *reinterpret_cast<const {vt}*>(xr + i);"]
+    loads = [f"      const {vt} a = *reinterpret_cast<const {vt}*>(xr + i);"]
     if pres:
-        lines.append(f"      const {vt} b = *reinterpret_cast<const {vt}*>(rr + i);")
-    lines += ["#pragma unroll",
-              f"      for (int j = 0; j < {vw}; ++j) v_[k * {vw} + j] = {vload};",
-              "    }",
-              "  } else {",
-              "#pragma unroll",
-              f"    for (int k = 0; k < {per_lane}; ++k) {{",
-              f"      const i64 i = ((i64)(k / {vw}) * 32 + lane) * {vw} + k % {vw};",
-              f"      v_[k] = {load};",
-              "    }",
-              "  }"]
-    lines += _row_statistics(at, per_lane, D, epsilon)
-    lines += ["  if (aligned) {",
-              "#pragma unroll",
-              f"    for (int k = 0; k < {runs}; ++k) {{",
-              f"      const i64 i = ((i64)k * 32 + lane) * {vw};",
-              f"      {vt} o;"]
+        loads.append(f"      const {vt} b = *reinterpret_cast<const {vt}*>(rr + i);")
+    loads += ["#pragma unroll", f"      for (int j = 0; j < {vw}; ++j) v_[k * {vw} + j] = {vload};"]
+
+    stores = [f"      {vt} o;"]
     if psum:
-        lines.append(f"      {vt} so;")
+        stores.append(f"      {vt} so;")
     words = {p: f"w{n}" for n, p in enumerate(vector_params)}
     for p, name in words.items():
-        lines.append(f"      const {vt} {name} = *reinterpret_cast<const {vt}*>({p} + i);")
+        stores.append(f"      const {vt} {name} = *reinterpret_cast<const {vt}*>({p} + i);")
     scale_j = f"{words[pscale]}.v[j]" if pscale in words else f"{pscale}[i + j]"
     bias_j = (f"{words[pbias]}.v[j]" if pbias in words else f"{pbias}[i + j]") if pbias else None
     normalized = f"(v - mean) / sd * ({at}){scale_j}" + (f" + ({at}){bias_j}" if bias_j else "")
-    lines += ["#pragma unroll",
-              f"      for (int j = 0; j < {vw}; ++j) {{",
-              f"        const {at} v = v_[k * {vw} + j];",
-              f"        o.v[j] = ({t})({normalized});"]
+    stores += ["#pragma unroll",
+               f"      for (int j = 0; j < {vw}; ++j) {{",
+               f"        const {at} v = v_[k * {vw} + j];",
+               f"        o.v[j] = ({t})({normalized});"]
     if psum:
-        lines.append(f"        so.v[j] = ({t})v;")
-    lines += ["      }",
-              f"      *reinterpret_cast<{vt}*>({py} + row * {D} + i) = o;"]
+        stores.append(f"        so.v[j] = ({t})v;")
+    stores += ["      }", f"      *reinterpret_cast<{vt}*>({py} + row * {D} + i) = o;"]
     if psum:
-        lines.append(f"      *reinterpret_cast<{vt}*>({psum} + row * {D} + i) = so;")
-    lines += ["    }",
-              "  } else {",
-              "#pragma unroll",
-              f"    for (int k = 0; k < {per_lane}; ++k) {{",
-              f"      const i64 i = ((i64)(k / {vw}) * 32 + lane) * {vw} + k % {vw};",
-              f"      {py}[row * {D} + i] = ({t})({_normalized(at, 'v_[k]', pscale, pbias, 'i')});"]
+        stores.append(f"      *reinterpret_cast<{vt}*>({psum} + row * {D} + i) = so;")
+    scalar_stores = [f"      {py}[row * {D} + i] = ({t})({_normalized(at, 'v_[k]', pscale, pbias, 'i')});"]
     if psum:
-        lines.append(f"      {psum}[row * {D} + i] = ({t})v_[k];")
-    lines += ["    }", "  }"]
-    return lines
+        scalar_stores.append(f"      {psum}[row * {D} + i] = ({t})v_[k];")
+
+    return ([f"  {at} v_[{per_lane}];", f"  const bool aligned = (({aligned}) & 15ULL) == 0;"]
+            + _by_alignment(vw, per_lane, loads, [f"      v_[k] = {load};"])
+            + _row_statistics(at, per_lane, D, epsilon)
+            + _by_alignment(vw, per_lane, stores, scalar_stores))
 
 
 @emitter("tftrt.LayerNorm")

@@ -32,9 +32,10 @@ from typing import List, Optional
 import numpy as np
 
 from tftrt_lite.codegen.elementwise import activation_program, program_c
-from tftrt_lite.codegen.kernel import KernelSpec, KernelWriter, LaunchDim, c_literal, c_type, dim_prod
+from tftrt_lite.codegen.kernel import (
+    KernelSpec, KernelWriter, LaunchDim, c_literal, c_type, dim_prod, vector_length)
 from tftrt_lite.engine import ir
-from tftrt_lite.engine.fused_ops import conv_input_activation
+from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands
 
 #: Input channels at most (RGB, RGBA, grey).
 MAX_CHANNELS = 4
@@ -55,7 +56,7 @@ def stem_conv_runs(graph: ir.Graph, node: ir.Node) -> bool:
         return False
     if conv_input_activation(node.attrs)[0] != "none":
         return False
-    x, wt, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    x, wt, _, _, y = conv_operands(node)
     xs, ws, ys = (graph.tensor(t).shape for t in (x, wt, y))
     if xs is None or ws is None or ys is None or len(xs) != 4 or len(ws) != 4:
         return False
@@ -71,9 +72,7 @@ def emit_stem_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
     """The kernel computing ``node``, or None when :func:`stem_conv_runs` says no."""
     if not stem_conv_runs(graph, node):
         return None
-    x, wt, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-    residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+    x, wt, bias, residual, y = conv_operands(node)
     n_d, h, w_in, c = graph.tensor(x).shape
     k, kh, kw, _ = graph.tensor(wt).shape
     _, oh, ow, _ = graph.tensor(y).shape
@@ -134,7 +133,7 @@ def emit_stem_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
                                 ["s"], "a_")
         lines += ["#pragma unroll", f"  for (int o = 0; o < {k}; ++o) {{", "    const float s = acc[o];"]
         lines += [f"    {b}" for b in body] + [f"    acc[o] = {names[-1]};", "  }"]
-    vec = 16 // np.dtype(dt_y if dt_y != "bfloat16" else "float16").itemsize
+    vec = vector_length([dt_y])
     if k % vec == 0:
         vt = f"tl_vec<{ct_y}, {vec}>"
         lines += [f"  if ((reinterpret_cast<unsigned long long>({py}) & 15ULL) == 0) {{",

@@ -25,7 +25,7 @@ from tftrt_lite.codegen.conv import emit_depthwise_conv, is_pointwise
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.codegen.stem_conv import emit_stem_conv
 from tftrt_lite.engine import ir, symbolic
-from tftrt_lite.engine.fused_ops import conv_input_activation
+from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands
 from tftrt_lite.engine.plan import (
     NONE_INDEX, Activation, ArgKind, BufferDesc, ConvStep, FilterLayout, GemmStep, KernelArg, KernelEntry,
     KernelImage, LaunchStep, Layout, MathMode, Plan, PlanExpr, Step, Storage, SymbolBinding, WeightPacker,
@@ -365,10 +365,7 @@ class _PlanBuilder:
 
     def _conv(self, node: ir.Node) -> None:
         g = self.cg_graph
-        x, w = node.inputs[0], node.inputs[1]
-        bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-        residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
-        y = node.outputs[0]
+        x, w, bias, residual, y = conv_operands(node)
         xs, ws, ys = (g.tensor(t).shape for t in (x, w, y))
         if len(xs) != 4 or len(ws) != 4:
             raise UnsupportedOpError(f"node {node.name!r} ({node.op}): only 2-D convolutions run as "
@@ -412,10 +409,7 @@ class _PlanBuilder:
         bias/ReLU epilogue streams them; they are memory-bound, so the GEMM's tactic timing
         has little to choose wrongly."""
         g = self.cg_graph
-        x, w = node.inputs[0], node.inputs[1]
-        bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-        residual = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
-        y = node.outputs[0]
+        x, w, bias, residual, y = conv_operands(node)
         n, h, wi, c = g.tensor(x).shape
         k = g.tensor(w).shape[0]
         m = symbolic.product([n, h, wi])

@@ -113,6 +113,15 @@ def conv_input_activation(attrs: Dict) -> Tuple[str, List[float]]:
     return name, list(attrs.get("input_activation_params", []))
 
 
+def conv_operands(node) -> Tuple[str, str, Optional[str], Optional[str], str]:
+    """Tensor names (X, W, B, Z, Y) of a ``tftrt.FusedConv`` (or ONNX ``Conv``) IR node,
+    the optional bias and residual as None when omitted."""
+    def optional(i: int) -> Optional[str]:
+        return node.inputs[i] if len(node.inputs) > i and node.inputs[i] else None
+
+    return node.inputs[0], node.inputs[1], optional(2), optional(3), node.outputs[0]
+
+
 @reference_op("tftrt.FusedConv")
 def fused_conv(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.ndarray]:
     """``Y = act(conv2d(pad0(in_act(X)), W) + B + Z)`` in NHWC — a cuDNN convolution call at
