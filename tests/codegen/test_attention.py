@@ -123,7 +123,8 @@ def test_tensor_core_kernel_compiles(dtype, k_transposed, masked):
         # cvt.rn.f16x2.f32 d, a, b puts a in the upper half: the pack helper passes (hi, lo)
         assert f'asm("cvt.rn.{mt}x2.f32 %0, %1, %2;\\n" : "=r"(r) : "f"(hi), "f"(lo));' in spec.source
     assert "cp.async.cg.shared.global" in spec.source and ("m_row[2]" in spec.source) == masked
-    assert spec.block == (64, 1, 1) and spec.grid[1].divisor == 32
+    warps = 3 if masked else 4   # Sq = 37 static: three 16-row tiles
+    assert spec.block == (32 * warps, 1, 1) and spec.grid[1].divisor == 16 * warps
     for arch in ARCHS:
         assert compile_kernel(spec.source, spec.name, arch).cubin[:4] == b"\x7fELF"
 
@@ -183,7 +184,7 @@ def test_bert_einsum_layout_takes_the_fast_paths():
     ("float16", 16, 48, 1)])
 def test_head_dims_up_to_128_fit_shared_memory(dtype, d, dv, k_transposed):
     plan = tensor_core_plan(dtype, d, dv, bool(k_transposed), "S")
-    assert plan is not None and plan.shared_bytes <= SHARED_LIMIT and plan.warps == 2
+    assert plan is not None and plan.shared_bytes <= SHARED_LIMIT and plan.warps == 4
     spec = emit_one(attention_graph(dtype, ("N",), "S", 70, d, dv, k_transposed, mask_shape=(70,)))
     assert f"BC = {plan.key_tile}," in spec.source
     compile_kernel(spec.source, spec.name, "sm_90")   # static shared memory over 48 KB would not compile
@@ -195,11 +196,16 @@ def test_short_static_query_uses_one_warp_per_block():
     compile_kernel(spec.source, spec.name, "sm_80")
 
 
+@pytest.mark.parametrize("sq, warps", [(17, 2), (40, 3), (64, 4), (128, 4), ("S", 4)])
+def test_a_block_spans_no_more_row_tiles_than_the_query(sq, warps):
+    assert tensor_core_plan("float16", 64, 64, False, sq).warps == warps
+
+
 def test_bert_plans():
     """BERT-base: 64 keys per tile in two 36 KB stages for fp16; 32 for TF32 (fp32 K/V rows)."""
     assert tensor_core_plan("float16", 64, 64, True, 128) == tensor_core_plan("bfloat16", 64, 64, True, 128)
     plan = tensor_core_plan("float16", 64, 64, True, 128)
-    assert (plan.warps, plan.key_tile, plan.shared_bytes, plan.tf32) == (2, 64, 36864, False)
+    assert (plan.warps, plan.key_tile, plan.shared_bytes, plan.tf32) == (4, 64, 36864, False)
     plan = tensor_core_plan("float32", 64, 64, False, 128)
     assert (plan.key_tile, plan.tf32) == (32, True)
 

@@ -91,11 +91,11 @@ def test_inplace_activation_matches_fused_ops(activation, params, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ("float32",) + HALF_DTYPES)
-def test_layernorm_rows_off_16_byte_alignment_match_reference(dtype, tmp_path):
-    """The 16-byte word path needs aligned rows; buffers one element off alignment take
+@pytest.mark.parametrize("case_id", ("layernorm_bert_residual", "maxpool_nhwc", "avgpool_nhwc"))
+def test_vector_kernels_off_16_byte_alignment_match_reference(case_id, dtype, tmp_path):
+    """The 16-byte word paths need aligned buffers; buffers one element off alignment take
     the scalar accesses of the same register layout and give the same results."""
-    g = graph_for("layernorm_bert_residual") if dtype == "float32" else half_graph_for("layernorm_bert_residual",
-                                                                                        dtype)
+    g = graph_for(case_id) if dtype == "float32" else half_graph_for(case_id, dtype)
     rng = np.random.default_rng(11)
     feeds = {t: random_array(rng, "float32", tuple(symbolic.evaluate(d, ENV) for d in g.tensors[t].shape))
              .astype(np_dtype(g.tensors[t].dtype)) for t in g.inputs}
@@ -115,4 +115,5 @@ def test_layernorm_rows_off_16_byte_alignment_match_reference(dtype, tmp_path):
     tol = 1e-5 if dtype == "float32" else 1e-2
     for o in g.outputs:
         np.testing.assert_allclose(to_host(buffers[o], g.tensors[o].dtype).astype(np.float32),
-                                   want[o].astype(np.float32), rtol=tol, atol=tol, err_msg=f"{dtype}: output {o!r}")
+                                   want[o].astype(np.float32), rtol=tol, atol=tol,
+                                   err_msg=f"{case_id} {dtype}: output {o!r}")

@@ -36,15 +36,16 @@ tile of ``BC`` keys:
   a sum does not care about the order of its terms. Operands are rounded with
   ``cvt.rna.tf32.f32``, as TensorFlow/cuBLASLt do for fp32 matmuls by default.
 
-Why 16 rows per warp and two warps (32 query rows) per block: at batch 1 the kernel is
+Why 16 rows per warp and four warps (64 query rows) per block: at batch 1 the kernel is
 latency bound, and a block's latency is one warp's serial chain (16 rows × all keys: for
 BERT-base, 128 mma + 64 exp2 per lane, after one memory round trip), whatever the block
-size, because the warps of a block run side by side on separate SM sub-partitions. Two
-warps share each K/V tile, halving the K/V re-reads from L2 at large batch (BERT b32:
-1536 blocks) compared with one warp, and still give BERT b1 48 blocks (96 warps) — one
-per SM, so no SM runs two of them and nothing queues. Four warps would halve the blocks
-again for little gain in L2 traffic and would waste three quarters of a block on short
-query sequences. When Sq is static and at most 16 the block is one warp.
+size, because the warps of a block run side by side on separate SM sub-partitions. At
+large batch the warps sharing a K/V tile divide its copy and its L2 reads among them.
+Measured on an H200 (BERT-base, merged QKV, fp16, 64-key tiles; µs per launch at batch
+1 / 32): one warp 4.7 / 26.4, two 4.5 / 21.4, four 4.7 / 18.9, eight 6.3 / 18.7; TF32
+(32-key tiles): two 8.7 / 38.6, four 8.1 / 33.3. Eight warps gain nothing more and cost
+latency at batch 1 (each block then waits for twice the tile copy). A block never
+spans more 16-row tiles than Sq has when Sq is static (Sq ≤ 16: one warp).
 
 ``BC`` is the largest of 64/32/16 keys whose two K+V stages fit the 48 KB of static
 shared memory (fp16 D = Dv = 64: 64 keys, 36 KB; D = Dv = 128: 32 keys).
@@ -99,6 +100,7 @@ from tftrt_lite.errors import UnsupportedOpError
 
 SHARED_LIMIT = 48 * 1024
 ROWS_PER_WARP = 16
+WARPS = 4
 KEY_TILES = (64, 32, 16)
 MAX_TENSOR_CORE_HEAD_DIM = 128
 DTYPES = ("float16", "bfloat16", "float32")
@@ -334,7 +336,7 @@ def tensor_core_plan(dtype: str, d: int, dv: int, k_transposed: bool, sq: Dim,
         k_elems = d * (bc + kt_pad) if k_transposed else bc * (d + pad)
         shared = 2 * esize * (k_elems + bc * (dv + pad))
         if shared <= SHARED_LIMIT:
-            warps = 1 if isinstance(sq, int) and sq <= ROWS_PER_WARP else 2
+            warps = min(WARPS, -(-sq // ROWS_PER_WARP)) if isinstance(sq, int) else WARPS
             return TilePlan(warps, bc, shared, tf32)
     return None
 
