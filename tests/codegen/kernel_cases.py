@@ -84,6 +84,12 @@ CASES = {
     "maxpool_nhwc_c6": ("tftrt.Pool", [("x", F, ("N", 6, 6, 6))], [("y", F, ("N", 3, 3, 6))],
                         {"mode": "max", "kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0],
                          "dilations": [1, 1], "ceil_mode": 0, "count_include_pad": 0}, {}, ["acc[0]"]),
+    "space_to_depth_stem": ("tftrt.SpaceToDepth", [("x", F, ("N", 9, 10, 3))], [("y", F, ("N", 6, 6, 16))],
+                            {"block": 2, "pads": [3, 3, 0, -1], "channels": 16, "dtype": F}, {},
+                            ["tl_vec<float, 4>", "inside ?"]),
+    "space_to_depth_to_half": ("tftrt.SpaceToDepth", [("x", F, ("N", 7, 7, 1))], [("y", "float16", ("N", 3, 3, 16))],
+                               {"block": 3, "pads": [1, 1, 1, 1], "channels": 16, "dtype": "float16"}, {},
+                               ["tl_vec<tl_half, 8>"]),
     "avgpool_nchw": ("AveragePool", [("x", F, ("N", 3, 8, 8))], [("y", F, ("N", 3, 4, 4))],
                      {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 0, 0], "auto_pad": "NOTSET",
                       "ceil_mode": 0, "count_include_pad": 1}, {}, ["count"]),
@@ -115,6 +121,8 @@ def half_graph_for(case_id, dtype):
     if "program" in attrs:
         new_attrs["program"] = [{**ins, "dtype": dtype if ins["dtype"] == F else ins["dtype"]}
                                 for ins in attrs["program"]]
+    if attrs.get("dtype") == F:
+        new_attrs["dtype"] = dtype
     if (swap(inputs), swap(outputs), new_consts) == (inputs, outputs, consts):
         return None
     return one_node_graph(op, swap(inputs), swap(outputs), new_attrs, new_consts)

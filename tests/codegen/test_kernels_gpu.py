@@ -91,7 +91,8 @@ def test_inplace_activation_matches_fused_ops(activation, params, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ("float32",) + HALF_DTYPES)
-@pytest.mark.parametrize("case_id", ("layernorm_bert_residual", "maxpool_nhwc", "avgpool_nhwc"))
+@pytest.mark.parametrize("case_id", ("layernorm_bert_residual", "maxpool_nhwc", "avgpool_nhwc",
+                                     "space_to_depth_stem"))
 def test_vector_kernels_off_16_byte_alignment_match_reference(case_id, dtype, tmp_path):
     """The 16-byte word paths need aligned buffers; buffers one element off alignment take
     the scalar accesses of the same register layout and give the same results."""

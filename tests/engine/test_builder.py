@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from tftrt_lite.engine import Engine, build_engine
 from tftrt_lite.engine.builder import bind_symbols
@@ -132,6 +133,32 @@ def test_conv_over_three_channels_is_a_generated_stem_kernel():
     assert not [s for s in engine.plan.steps if isinstance(s, ConvStep)]
     names = [engine.plan.kernels[s.kernel].name for s in engine.plan.steps if isinstance(s, LaunchStep)]
     assert sum(n.startswith("tl_stemconv_") for n in names) == 1, names
+
+
+@pytest.mark.parametrize("precision", ["FP16", "FP32"])
+def test_resnet_stem_folds_into_a_tensor_core_kernel_in_half_engines(precision):
+    """A 7x7 stride-2 conv over RGB (ResNet's stem): in an FP16 engine a space-to-depth
+    kernel and the generated tap kernel; FP32 keeps cuDNN's 7x7 conv. Either way the plan's
+    math is the original conv's."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 3, 7, 7)).astype(np.float32) / 12
+    b = rng.standard_normal(64).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[3, 3, 3, 3], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64, 16, 16])], {"w": w, "b": b})
+    engine = build_engine(model, target_arch="sm_90", precision=precision)
+    convs = [s for s in engine.plan.steps if isinstance(s, ConvStep)]
+    names = [engine.plan.kernels[s.kernel].name for s in engine.plan.steps if isinstance(s, LaunchStep)]
+    if precision == "FP16":
+        assert not convs and sum(n.startswith("tl_space_to_depth_") for n in names) == 1, names
+        assert sum(n.startswith("tl_tapconv_") for n in names) == 1, names
+    else:
+        assert len(convs) == 1 and (convs[0].r.constant, list(convs[0].strides)) == (7, [2, 2])
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    tol = 1e-4 if precision == "FP32" else 1e-2 * np.abs(want).max()
+    np.testing.assert_allclose(engine.run_reference({"x": x})["y"], want, rtol=1e-2, atol=tol)
 
 
 def test_pointwise_convs_become_gemm_steps():

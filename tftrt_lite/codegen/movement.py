@@ -389,3 +389,57 @@ def _emit_pool(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
     body, grid = _per_element(w, out_dims, lines)
     return [w.finish(body, grid, (BLOCK, 1, 1))]
 
+
+@emitter("tftrt.SpaceToDepth")
+def _emit_space_to_depth(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
+    """One thread per output pixel: it reads the block×block×C input values its channels
+    fold (``block`` runs of block·C contiguous values, so a warp's reads are contiguous),
+    converts them to the output dtype and writes its ``channels`` values, as 16-byte words
+    when they fill whole words and the output is 16-byte aligned."""
+    x, y = node.inputs[0], node.outputs[0]
+    n_d, h, wd, c = shape_of(graph, x, node)
+    out_shape = shape_of(graph, y, node)
+    s, channels = int(node.attrs["block"]), int(node.attrs["channels"])
+    top, left = int(node.attrs["pads"][0]), int(node.attrs["pads"][1])
+    if not all(isinstance(d, int) for d in (h, wd, c)):
+        raise UnsupportedOpError(f"node {node.name!r} (tftrt.SpaceToDepth): H, W and C must be static")
+    dt_in, dt_out = graph.tensor(x).dtype, graph.tensor(y).dtype
+    t_in, t_out = c_type(dt_in, node), c_type(dt_out, node)
+    w = KernelWriter("space_to_depth", node)
+    src, dst = w.buffer(x, dt_in), w.buffer(y, dt_out, writable=True)
+    vec = vector_length([dt_out])
+    lines = [f"{t_out} v[{channels}];",
+             "#pragma unroll",
+             f"for (int k = {s * s * c}; k < {channels}; ++k) v[k] = ({t_out})0.f;",
+             "#pragma unroll",
+             f"for (int p = 0; p < {s}; ++p) {{",
+             f"  const i64 ih = c1 * {s} + p - {top};",
+             "  #pragma unroll",
+             f"  for (int q = 0; q < {s}; ++q) {{",
+             f"    const i64 iw = c2 * {s} + q - {left};",
+             f"    const bool inside = ih >= 0 && ih < {h} && iw >= 0 && iw < {wd};",
+             f"    const {t_in}* px = {src} + ((c0 * {h} + (inside ? ih : 0)) * {wd} + (inside ? iw : 0)) * {c};",
+             "    #pragma unroll",
+             f"    for (int ch = 0; ch < {c}; ++ch) v[(p * {s} + q) * {c} + ch] = "
+             f"({t_out})(inside ? (float)px[ch] : 0.f);",
+             "  }",
+             "}",
+             f"{t_out}* py = {dst} + e * {channels};"]
+    if vec > 1 and channels % vec == 0:
+        vt = f"tl_vec<{t_out}, {vec}>"
+        lines += [f"if ((reinterpret_cast<unsigned long long>({dst}) & 15ULL) == 0) {{",
+                  "  #pragma unroll",
+                  f"  for (int k = 0; k < {channels}; k += {vec}) {{",
+                  f"    {vt} o;",
+                  "    #pragma unroll",
+                  f"    for (int i = 0; i < {vec}; ++i) o.v[i] = v[k + i];",
+                  f"    *reinterpret_cast<{vt}*>(py + k) = o;",
+                  "  }",
+                  "} else {",
+                  "  #pragma unroll",
+                  f"  for (int k = 0; k < {channels}; ++k) py[k] = v[k];",
+                  "}"]
+    else:
+        lines += ["#pragma unroll", f"for (int k = 0; k < {channels}; ++k) py[k] = v[k];"]
+    body, grid = _per_element(w, list(out_shape[:3]), lines)
+    return [w.finish(body, grid, (BLOCK, 1, 1))]

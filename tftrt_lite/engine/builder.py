@@ -24,6 +24,7 @@ from tftrt_lite.codegen import LIBRARY_OPS, VIEW_OPS, KernelSpec, emit_activatio
 from tftrt_lite.codegen.conv import emit_depthwise_conv, is_pointwise
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.codegen.stem_conv import emit_stem_conv
+from tftrt_lite.codegen.tap_conv import emit_tap_conv
 from tftrt_lite.engine import ir, symbolic
 from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands
 from tftrt_lite.engine.plan import (
@@ -337,6 +338,10 @@ class _PlanBuilder:
             stem = emit_stem_conv(self.cg_graph, node)
             if stem is not None:  # few input channels: cuDNN has no tensor-core kernel for them
                 self._launch(stem)
+                return
+            taps = emit_tap_conv(self.cg_graph, node)
+            if taps is not None:  # a space-to-depth stem: cuDNN runs it at under 20 % of roofline
+                self._launch(taps)
                 return
             in_act, _ = conv_input_activation(node.attrs)
             if in_act != "none":

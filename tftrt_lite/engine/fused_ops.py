@@ -125,8 +125,8 @@ def conv_operands(node) -> Tuple[str, str, Optional[str], Optional[str], str]:
 @reference_op("tftrt.FusedConv")
 def fused_conv(inputs: Sequence[Optional[np.ndarray]], attrs: Dict) -> List[np.ndarray]:
     """``Y = act(conv2d(pad0(in_act(X)), W) + B + Z)`` in NHWC — a cuDNN convolution call at
-    run time (a cuBLASLt GEMM for 1×1 convs, a generated kernel for depthwise ones and for
-    stems over a few input channels).
+    run time (a cuBLASLt GEMM for 1×1 convs, a generated kernel for depthwise ones, for
+    stems over a few input channels and for half-precision convs over exactly 16).
 
     Inputs:  ``X`` [N, H, W, C] activations (NHWC);
              ``W`` [O, kH, kW, C/group] weights (cuDNN NHWC filter layout, "OHWI");
@@ -203,6 +203,38 @@ def pool(inputs: Sequence[np.ndarray], attrs: Dict) -> List[np.ndarray]:
     cnt = np.lib.stride_tricks.sliding_window_view(inside, (eh, ew))[::sh, ::sw, ::dh, ::dw]
     cnt = cnt[:ho, :wo].sum(axis=(-1, -2))
     return [(win.sum(axis=(-1, -2)) / cnt[None, :, :, None]).astype(x.dtype)]
+
+
+# -- tftrt.SpaceToDepth ----------------------------------------------------------------
+
+@reference_op("tftrt.SpaceToDepth")
+def space_to_depth(inputs: Sequence[np.ndarray], attrs: Dict) -> List[np.ndarray]:
+    """Pad, then fold each ``block``×``block`` patch of pixels into channels, in NHWC — the
+    input of a strided conv rewritten as a stride-1 one (``passes/space_to_depth.py``).
+
+    Input:   ``X`` [N, H, W, C], any float dtype.
+    Output:  ``Y`` [N, Hs, Ws, channels] in ``dtype``, with
+             ``Y[n, i, j, (p·block + q)·C + c] = Xpad[n, block·i + p, block·j + q, c]`` and
+             zeros in channels ``block²·C`` and up; ``Xpad`` is ``X`` with ``top``/``left``
+             rows/columns of zeros before it and ``bottom``/``right`` after (a negative
+             count drops that many), ``Hs = (H + top + bottom) / block`` (exact).
+    Attrs:   ``block`` int ≥ 2; ``pads`` [top, left, bottom, right]; ``channels`` int ≥
+             block²·C; ``dtype`` the output dtype (the kernel converts as it copies, with a
+             Cast's rounding: values past float16's range become infinities).
+    """
+    (x,) = inputs
+    s = int(attrs["block"])
+    top, left, bottom, right = (int(p) for p in attrs["pads"])
+    n, h, w, c = x.shape
+    if (h + top + bottom) % s or (w + left + right) % s or top < 0 or left < 0:
+        raise ValueError(f"tftrt.SpaceToDepth: pads {attrs['pads']} do not make {h}x{w} a multiple of {s}")
+    xp = np.pad(x, ((0, 0), (top, max(bottom, 0)), (left, max(right, 0)), (0, 0)))
+    xp = xp[:, :h + top + bottom, :w + left + right]
+    hs, ws = xp.shape[1] // s, xp.shape[2] // s
+    folded = xp.reshape(n, hs, s, ws, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hs, ws, s * s * c)
+    out = np.zeros((n, hs, ws, int(attrs["channels"])), np_dtype(attrs["dtype"]))
+    out[..., :s * s * c] = folded.astype(np.float32).astype(out.dtype)
+    return [out]
 
 
 # -- tftrt.FusedGemm --------------------------------------------------------------------

@@ -33,6 +33,7 @@ from tftrt_lite.engine.passes import (
     precision,
     qkv_merge,
     quantize,
+    space_to_depth,
 )
 
 PRECISIONS = ("FP32", "FP16", "BF16", "INT8")
@@ -56,7 +57,9 @@ class PassContext:
 #: rewrite exposes per-channel Mul/Add and transpose pairs that were hidden behind
 #: Transposes before it. Cleanup runs once more after the gemm fusion, which moves
 #: Reshapes behind its epilogue where they meet (and cancel) the next gemm's; the QKV merge
-#: then sees each projection as one FusedGemm and its attention with its layout. Precision
+#: then sees each projection as one FusedGemm and its attention with its layout. Space to
+#: depth rewrites strided stems once the conv fusion has given them their final padding,
+#: bias and activation, and before precision (its transform takes over the input cast). Precision
 #: runs after the library-call fusions (so it types fused convs/GEMMs as a whole) and before
 #: elementwise fusion (so the casts it adds at the engine's borders join kernels); quantize
 #: runs just before precision, so calibration can measure the graph as it stands there
@@ -75,6 +78,7 @@ PIPELINE: List[Tuple[str, Callable[[Graph, PassContext], None]]] = [
     ("attention_layout", attention_layout.run),
     ("layernorm_fusion", layernorm_fusion.run),
     ("conv_fusion", conv_fusion.run),
+    ("space_to_depth", space_to_depth.run),
     ("gemm_fusion", gemm_fusion.run),
     ("cleanup_after_fusion", cleanup.run),
     ("qkv_merge", qkv_merge.run),

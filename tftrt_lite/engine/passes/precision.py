@@ -53,13 +53,13 @@ _FLOAT = ("float32", "float16", "bfloat16")
 #: ops whose float inputs and outputs all take one dtype in a reduced engine.
 REDUCIBLE = frozenset(
     {"Conv", "tftrt.FusedConv", "Gemm", "MatMul", "tftrt.FusedGemm", "tftrt.LayerNorm", "tftrt.Attention",
-     "tftrt.Pool", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Softmax", "LogSoftmax",
+     "tftrt.Pool", "tftrt.SpaceToDepth", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Softmax", "LogSoftmax",
      "ReduceMean", "ReduceMax", "ReduceMin", "Transpose", "Concat", "Slice", "Gather", "Pad", "Expand", "Tile",
      "Split", "Identity", "PRelu", "Sum", "Mean", "Max", "Min", *VIEW_OPS}
     | {op for op in ELEMENTWISE_OPS if op != "Const"})
 
 #: op → input positions that keep whatever float dtype they have (the kernel reads any).
-_FLEXIBLE_INPUTS = {"Cast": (0,), "tftrt.Attention": (3,)}
+_FLEXIBLE_INPUTS = {"Cast": (0,), "tftrt.Attention": (3,), "tftrt.SpaceToDepth": (0,)}
 
 
 def run(graph: Graph, ctx) -> None:
@@ -126,6 +126,8 @@ class _Retyper:
                     g.tensors[o] = Tensor(o, dtype, g.tensor(o).shape)
             if node.op == "Cast" and g.tensor(node.outputs[0]).dtype in _FLOAT:
                 node.attrs["to"] = _ONNX_DTYPE[g.tensor(node.outputs[0]).dtype]
+            if node.op == "tftrt.SpaceToDepth":
+                node.attrs["dtype"] = g.tensor(node.outputs[0]).dtype
         for cast, before in self.new_nodes:
             g.nodes.insert(g.nodes.index(before), cast)
         g.toposort()
