@@ -67,3 +67,18 @@ def launch(spec, buffers, env, arch, tmp_path):
     fn, grid, block, args = prepare(spec, buffers, env, arch, tmp_path)
     fn(grid, block, args, shared_mem=spec.shared_mem)
     cupy.cuda.Device(0).synchronize()
+
+
+def launch_guarded(spec, buffers, out_shape, dtype, env, arch, tmp_path):
+    """Run ``spec`` with its output ``"y"`` in a NaN-filled allocation that runs 4 KiB past it;
+    return the output on the host after checking that nothing past it was written (the
+    NaNs inside it show any element the kernel failed to write)."""
+    import numpy as np
+
+    size = int(np.prod(out_shape))
+    guard = 4096 // np.dtype(np_dtype(dtype)).itemsize
+    out = to_device(np.full(size + guard, np.nan, np_dtype(dtype)))
+    buffers = {**buffers, "y": out[:size].reshape(out_shape)}
+    launch(spec, buffers, env, arch, tmp_path)
+    assert np.isnan(to_host(out[size:], dtype).astype(np.float32)).all(), "the kernel wrote past its output"
+    return to_host(buffers["y"], dtype)

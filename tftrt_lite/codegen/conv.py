@@ -313,6 +313,23 @@ def _narrow(dtype: str, vec: int, dst: str, src: str) -> List[str]:
                     '"r"(o_w[0]), "r"(o_w[1]), "r"(o_w[2]), "r"(o_w[3]));']
 
 
+def single_group_conv_shapes(graph: ir.Graph, node: ir.Node) -> Optional[Tuple[tuple, tuple, tuple]]:
+    """(X, W, Y) shapes of a one-group ``tftrt.FusedConv`` without an input activation whose
+    filter is a constant and whose shapes are static but for the batch — what the generated
+    stem and tap kernels need before their own limits — else None."""
+    if node.op != "tftrt.FusedConv" or int(node.attrs.get("group", 1)) != 1:
+        return None
+    if conv_input_activation(node.attrs)[0] != "none":
+        return None
+    x, wt, _, _, y = conv_operands(node)
+    xs, ws, ys = (graph.tensor(t).shape for t in (x, wt, y))
+    if xs is None or ws is None or ys is None or len(xs) != 4 or len(ws) != 4 or graph.const(wt) is None:
+        return None
+    if not all(isinstance(d, int) for d in list(xs[1:]) + list(ws) + list(ys[1:])):
+        return None
+    return tuple(xs), tuple(ws), tuple(ys)
+
+
 def emit_depthwise_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
     """The kernel computing depthwise ``node``, or None when it is not depthwise (or its
     filter is too large to stage, see :func:`depthwise_tiling`)."""

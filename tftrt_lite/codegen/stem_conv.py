@@ -27,15 +27,16 @@ longer on CUDA cores than cuDNN takes, so it stays there.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
+from tftrt_lite.codegen.conv import single_group_conv_shapes
 from tftrt_lite.codegen.elementwise import activation_program, program_c
 from tftrt_lite.codegen.kernel import (
     KernelSpec, KernelWriter, LaunchDim, c_literal, c_type, dim_prod, vector_length)
 from tftrt_lite.engine import ir
-from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands
+from tftrt_lite.engine.fused_ops import conv_operands
 
 #: Input channels at most (RGB, RGBA, grey).
 MAX_CHANNELS = 4
@@ -52,19 +53,11 @@ def _const(graph: ir.Graph, tensor: Optional[str]) -> Optional[np.ndarray]:
 
 def stem_conv_runs(graph: ir.Graph, node: ir.Node) -> bool:
     """Whether :func:`emit_stem_conv` generates ``node``'s kernel."""
-    if node.op != "tftrt.FusedConv" or int(node.attrs.get("group", 1)) != 1:
+    shapes = single_group_conv_shapes(graph, node)
+    x, _, _, _, y = conv_operands(node)
+    if shapes is None or {graph.tensor(t).dtype for t in (x, y)} - set(_FLOATS):
         return False
-    if conv_input_activation(node.attrs)[0] != "none":
-        return False
-    x, wt, _, _, y = conv_operands(node)
-    xs, ws, ys = (graph.tensor(t).shape for t in (x, wt, y))
-    if xs is None or ws is None or ys is None or len(xs) != 4 or len(ws) != 4:
-        return False
-    if not all(isinstance(d, int) for d in list(xs[1:]) + list(ws) + list(ys[1:])):
-        return False
-    if {graph.tensor(t).dtype for t in (x, y)} - set(_FLOATS) or _const(graph, wt) is None:
-        return False
-    k, kh, kw, c = ws
+    xs, (k, kh, kw, c), _ = shapes
     return c == xs[3] and c <= MAX_CHANNELS and kh * kw * c * k <= MAX_MACS
 
 

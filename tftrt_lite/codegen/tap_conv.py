@@ -44,10 +44,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from tftrt_lite.codegen.conv import single_group_conv_shapes
 from tftrt_lite.codegen.elementwise import activation_program, program_c
 from tftrt_lite.codegen.kernel import KernelSpec, KernelWriter, LaunchDim, c_type, dim_prod
 from tftrt_lite.engine import ir
-from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands
+from tftrt_lite.engine.fused_ops import conv_operands
 
 #: Input channels: one mma k-step.
 CHANNELS = 16
@@ -77,24 +78,16 @@ def _shared_bytes(out_channels: int, taps: int) -> int:
 
 def tap_conv_runs(graph: ir.Graph, node: ir.Node) -> bool:
     """Whether :func:`emit_tap_conv` generates ``node``'s kernel."""
-    if node.op != "tftrt.FusedConv" or int(node.attrs.get("group", 1)) != 1:
-        return False
-    if conv_input_activation(node.attrs)[0] != "none":
+    shapes = single_group_conv_shapes(graph, node)
+    if shapes is None:
         return False
     if [list(node.attrs[a]) for a in ("strides", "dilations", "pads")] != [[1, 1], [1, 1], [0, 0, 0, 0]]:
         return False
-    x, wt, bias, residual, y = conv_operands(node)
-    xs, ws, ys = (graph.tensor(t).shape for t in (x, wt, y))
-    if xs is None or ws is None or ys is None or len(xs) != 4 or len(ws) != 4:
-        return False
-    if not all(isinstance(d, int) for d in list(xs[1:]) + list(ws) + list(ys[1:])):
-        return False
+    x, wt, _, residual, y = conv_operands(node)
     dtype = graph.tensor(x).dtype
-    if dtype not in _HALVES or graph.tensor(y).dtype != dtype or graph.const(wt) is None:
+    if dtype not in _HALVES or any(graph.tensor(t).dtype != dtype for t in (wt, residual, y) if t):
         return False
-    if graph.tensor(wt).dtype != dtype or (residual and graph.tensor(residual).dtype != dtype):
-        return False
-    k, kh, kw, c = ws
+    xs, (k, kh, kw, c), _ = shapes
     return c == CHANNELS == xs[3] and fits(k, kh * kw)
 
 
@@ -157,8 +150,8 @@ def emit_tap_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
         "2u * (unsigned)((((lane >> 4) << 3) + (lane & 7)) * PITCH + ((lane >> 3) & 1) * 8);",
         f"  for (i64 tile = (i64)blockIdx.x * {WARPS} + warp; tile * 32 < {pixels}; tile += (i64)blocks * {WARPS}) {{",
         "    const i64 p0 = tile * 32;",
-        f"    i64 q[4];  // this lane's output pixels: rows g and g + 8 of m-tiles 0 and 1",
-        f"    bool ok[4];",
+        "    i64 q[4];  // this lane's output pixels: rows g and g + 8 of m-tiles 0 and 1",
+        "    bool ok[4];",
         f"    const {t}* xp[4];",
         "    #pragma unroll",
         "    for (int i = 0; i < 4; ++i) {",
