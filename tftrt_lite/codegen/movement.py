@@ -339,7 +339,8 @@ def _emit_pool(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
     vec = 1
     if nhwc:
         n_d, h_d, w_d, c_d = in_shape
-        vec = vector_length([dt]) if isinstance(c_d, int) and c_d % vector_length([dt]) == 0 else 1
+        vec = vector_length([dt])
+        vec = vec if isinstance(c_d, int) and c_d % vec == 0 else 1
         n, oh, ow, c = "c0", "c1", "c2", (f"c3 * {vec}" if vec > 1 else "c3")
         addr = f"((({n} * {w.dim(h_d)} + ih) * {w.dim(w_d)} + iw) * {w.dim(c_d)} + {c})"
         out_dims = list(out_shape[:3]) + [out_shape[3] // vec if vec > 1 else out_shape[3]]

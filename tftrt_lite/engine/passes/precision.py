@@ -88,6 +88,18 @@ def compile_overrides(overrides: Optional[Dict[str, str]]) -> List[Tuple["re.Pat
     return out
 
 
+def node_dtype(node: Node, reduced: str, overrides) -> Optional[str]:
+    """The float dtype ``node`` computes in once this pass has run on an engine whose
+    reducible nodes compute in ``reduced`` (with compiled ``overrides``), or None when it
+    keeps the graph's dtypes."""
+    for pattern, dtype in overrides:
+        if pattern.search(node.name):
+            return dtype
+    if node.attrs.get(KEEP_FLOAT32):
+        return None
+    return reduced if node.op in REDUCIBLE else None
+
+
 class _Retyper:
     def __init__(self, graph: Graph, reduced: str, overrides) -> None:
         self.g = graph
@@ -97,18 +109,9 @@ class _Retyper:
         self.const_copies: Dict[Tuple[str, str], str] = {}
         self.new_nodes: List[Tuple[Node, Node]] = []  # (cast, insert before this node)
 
-    def node_dtype(self, node: Node) -> Optional[str]:
-        """The float dtype ``node`` computes in, or None when it keeps the graph's dtypes."""
-        for pattern, dtype in self.overrides:
-            if pattern.search(node.name):
-                return dtype
-        if node.attrs.get(KEEP_FLOAT32):
-            return None
-        return self.reduced if node.op in REDUCIBLE else None
-
     def run(self) -> None:
         g = self.g
-        plan = {n.name: self.node_dtype(n) for n in g.nodes}
+        plan = {n.name: node_dtype(n, self.reduced, self.overrides) for n in g.nodes}
         self._split_graph_outputs(plan)
         original = {name: t.dtype for name, t in g.tensors.items()}
         consumers = g.consumers()

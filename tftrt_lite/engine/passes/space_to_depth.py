@@ -35,24 +35,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands
-from tftrt_lite.engine.ir import Graph, Node
+from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands, space_to_depth
+from tftrt_lite.engine.ir import Graph, Node, dtype_name
 from tftrt_lite.engine.passes.graph_edit import make_node, new_const, new_tensor
-from tftrt_lite.engine.passes.precision import KEEP_FLOAT32, compile_overrides
+from tftrt_lite.engine.passes.precision import REDUCED_DTYPES, compile_overrides, node_dtype
 
 #: Folded channels, zero-padded: one mma k-step of the tap kernel.
 FOLDED_CHANNELS = 16
-#: Engine precisions whose convs compute in a half type (the tap kernel's).
-_HALF_PRECISIONS = ("FP16", "BF16", "INT8")
+#: The dtypes the tap kernel computes in.
+_HALVES = ("float16", "bfloat16")
 
 
 def run(graph: Graph, ctx) -> None:
-    if ctx.precision not in _HALF_PRECISIONS:
+    reduced = REDUCED_DTYPES[ctx.precision]
+    if reduced is None:
         return
-    pinned = compile_overrides(ctx.precision_overrides)
-    for node in list(graph.nodes):
-        override = next((dt for p, dt in pinned if p.search(node.name)), None)
-        if applies(graph, node) and override != "float32" and not node.attrs.get(KEEP_FLOAT32):
+    overrides = compile_overrides(ctx.precision_overrides)
+    for node in list(graph.nodes):  # the dtype the precision pass will give the conv
+        if applies(graph, node) and node_dtype(node, reduced, overrides) in _HALVES:
             _rewrite(graph, node)
     graph.toposort()
     graph.remove_unused_tensors()
@@ -80,15 +80,11 @@ def applies(graph: Graph, node: Node) -> bool:
 
 
 def folded_filter(weight: np.ndarray, s: int, channels: int) -> np.ndarray:
-    """``W'`` of the module docstring: [K, kh, kw, C] → [K, ⌈kh/s⌉, ⌈kw/s⌉, channels]."""
-    k, kh, kw, c = weight.shape
-    ah, aw = -(-kh // s), -(-kw // s)
-    padded = np.zeros((k, ah * s, aw * s, c), weight.dtype)
-    padded[:, :kh, :kw] = weight
-    folded = padded.reshape(k, ah, s, aw, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(k, ah, aw, s * s * c)
-    out = np.zeros((k, ah, aw, channels), weight.dtype)
-    out[..., :s * s * c] = folded
-    return out
+    """``W'`` of the module docstring: [K, kh, kw, C] → [K, ⌈kh/s⌉, ⌈kw/s⌉, channels]. It is
+    the activations' fold, with the K filters as the batch and zeros after each filter."""
+    _, kh, kw, _ = weight.shape
+    attrs = {"block": s, "pads": [0, 0, -kh % s, -kw % s], "channels": channels, "dtype": dtype_name(weight.dtype)}
+    return space_to_depth([weight], attrs)[0]
 
 
 def _rewrite(graph: Graph, conv: Node) -> None:
