@@ -335,7 +335,8 @@ class TrtGraphConverterV2:
         Engines here need no per-shape build; this checks that every engine accepts the
         shapes you will serve and takes their first-call work off the serving path: each
         input runs twice, the first call choosing every GEMM's and convolution's library
-        algorithm (timing the candidates on a GPU, see docs/tuning.md) and the second
+        algorithm and every kernel's variant (timing the candidates on a GPU, see
+        docs/tuning.md) and the second
         capturing the shape's CUDA graph (for the first ``maximum_cached_engines``
         shapes). ``save()`` then stores the chosen algorithms in the engines. Each item
         ``input_fn`` yields is one call: a single array, a list/tuple (positional, in

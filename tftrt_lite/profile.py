@@ -522,9 +522,9 @@ def engine_inputs(engine: Engine, node: EngineNode, rng: np.random.Generator) ->
     return values
 
 
-def _step_kind(plan: Plan, step, index: int) -> Tuple[str, str]:
+def _step_kind(plan: Plan, step, index: int, kernel: int = -1) -> Tuple[str, str]:
     if isinstance(step, LaunchStep):
-        return "launch", plan.kernels[step.kernel].name
+        return "launch", plan.kernels[kernel if kernel >= 0 else step.kernel].name
     if isinstance(step, GemmStep):
         return "gemm", "cublasLtMatmul"
     if isinstance(step, ConvStep):
@@ -532,12 +532,16 @@ def _step_kind(plan: Plan, step, index: int) -> Tuple[str, str]:
     raise ProfileError(f"step #{index} {step.name!r} is a {type(step).__name__}, which the profile cannot name")
 
 
-def step_profiles(plan: Plan, step_us: Sequence[float], symbols: Sequence[int]) -> List[StepProfile]:
-    """One record per plan step with its work and achieved rates, slowest first."""
+def step_profiles(plan: Plan, step_us: Sequence[float], symbols: Sequence[int],
+                  step_kernels: Optional[Sequence[int]] = None) -> List[StepProfile]:
+    """One record per plan step with its work and achieved rates, slowest first.
+    ``step_kernels``: the plan kernel each launch step ran (the executor's timed choice
+    among a step's variants), else each step's first."""
     total = sum(step_us) or 1.0
+    kernels = list(step_kernels) if step_kernels is not None else [-1] * len(plan.steps)
     rows = []
     for index, (step, us, cost) in enumerate(zip(plan.steps, step_us, step_costs(plan, symbols))):
-        kind, kernel = _step_kind(plan, step, index)
+        kind, kernel = _step_kind(plan, step, index, kernels[index])
         timed = us > 0
         rows.append(StepProfile(
             index, step.name, kind, kernel, round(us, 3), round(us / total, 5), cost["flops"], cost["bytes"],
@@ -574,12 +578,12 @@ def profile_engine(harness: Harness, node: EngineNode, rng: np.random.Generator,
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         uncaptured.run(inputs, out_dtypes, stream)   # loads modules and weights, picks library algorithms
-        step_us = uncaptured.profile(inputs, repeats, stream)
+        step_us, step_kernels = uncaptured.profile(inputs, repeats, stream)
         before = harness.cuda_graph_counts()
         graph_ms = with_graphs.time_calls(inputs, WARMUP_CALLS, iters, stream)
         counts = {k: v - before[k] for k, v in harness.cuda_graph_counts().items()}
         plain_ms = uncaptured.time_calls(inputs, WARMUP_CALLS, iters, stream)
-    return engine_profile(node, engine, step_us, graph_ms, plain_ms, counts)
+    return engine_profile(node, engine, step_us, graph_ms, plain_ms, counts, step_kernels)
 
 
 def _same_width(dtype: np.dtype) -> np.dtype:
@@ -587,9 +591,10 @@ def _same_width(dtype: np.dtype) -> np.dtype:
 
 
 def engine_profile(node: EngineNode, engine: Engine, step_us: Sequence[float], ms_cuda_graphs: float,
-                   ms_uncaptured: float, cuda_graph_counts: Mapping[str, int]) -> EngineProfile:
+                   ms_uncaptured: float, cuda_graph_counts: Mapping[str, int],
+                   step_kernels: Optional[Sequence[int]] = None) -> EngineProfile:
     """The record of one engine from what the harness measured."""
-    steps = step_profiles(engine.plan, step_us, symbol_values(engine.plan, node.input_shapes))
+    steps = step_profiles(engine.plan, step_us, symbol_values(engine.plan, node.input_shapes), step_kernels)
     return EngineProfile(node.name, node.node, engine.precision, [list(s) for s in node.input_shapes], steps,
                          _by_kind(steps), round(sum(s.us for s in steps), 3), round(ms_cuda_graphs, 4),
                          round(ms_uncaptured, 4), dict(cuda_graph_counts))

@@ -1,8 +1,9 @@
 """Tactic tuning of a converted SavedModel: time its engines' library algorithms on this
 GPU once, and ship the winners inside the model.
 
-An engine chooses the cuBLASLt and cuDNN algorithms of each distinct GEMM and convolution
-on the first call of an input shape, by timing the candidates (milliseconds per problem)
+An engine chooses the cuBLASLt and cuDNN algorithms of each distinct GEMM and convolution,
+and the variant of each generated kernel that has some (tiling choices), on the first call
+of an input shape, by timing the candidates (milliseconds per problem)
 unless the process's tactic store already holds a winner (from the tactic cache file, or
 from the model itself; ``runtime/cc/tactics.h``). :func:`tune_saved_model` runs every
 signature of a converted model at the batch sizes you will serve, so every engine times
@@ -36,7 +37,8 @@ from tftrt_lite.save import REPORT_PATH, read_report, save_functions
 logger = logging.getLogger("tftrt_lite")
 
 #: Counts of the process's tactic store (``tftrt_lite_tactics_count`` in tactics.h).
-COUNT_NAMES = ("gemm_timed", "conv_timed", "cache_hits", "cache_rejected", "candidates_rejected", "split_k_chosen")
+COUNT_NAMES = ("gemm_timed", "conv_timed", "cache_hits", "cache_rejected", "candidates_rejected", "split_k_chosen",
+               "kernel_timed")
 
 _lock = threading.Lock()
 _library = None
@@ -70,7 +72,8 @@ def process_tactics(engine_name: str = "") -> str:
 
 def tactic_counts() -> Dict[str, int]:
     """Process-wide counts of the tactic store: problems timed, stored winners reused or
-    rejected, GEMM candidates rejected by their output check, split-K winners."""
+    rejected, GEMM candidates rejected by their output check, split-K winners, kernel steps
+    whose variants were timed."""
     lib = _tactics_library()
     return {name: lib.tftrt_lite_tactics_count(name.encode()) for name in COUNT_NAMES}
 

@@ -201,6 +201,18 @@ def test_a_block_spans_no_more_row_tiles_than_the_query(sq, warps):
     assert tensor_core_plan("float16", 64, 64, False, sq).warps == warps
 
 
+def test_warp_variants_take_the_same_arguments():
+    """Two and eight warps per block are offered for the runtime to time (symbolic Sq);
+    a static Sq of two row tiles leaves nothing to choose."""
+    spec = emit_one(attention_graph("float16", ("N", 12), "S", "S", 64, 64, 1, mask_shape=("N", 1, 1, "S")))
+    assert spec.block == (128, 1, 1)
+    assert sorted(v.block[0] for v in spec.variants) == [64, 256]
+    for v in spec.variants:
+        assert v.args == spec.args and v.grid[1].divisor == 16 * v.block[0] // 32
+        compile_kernel(v.source, v.name, "sm_90")
+    assert emit_one(attention_graph("float16", ("N", 12), 32, 128, 64, 64, 1)).variants == []
+
+
 def test_bert_plans():
     """BERT-base: 64 keys per tile in two 36 KB stages for fp16; 32 for TF32 (fp32 K/V rows)."""
     assert tensor_core_plan("float16", 64, 64, True, 128) == tensor_core_plan("bfloat16", 64, 64, True, 128)

@@ -8,7 +8,9 @@ scale: max |got - want| / max |want|. BERT batch 1 is also timed (printed, not a
 Strided operand layouts (``layout``: BERT's [N, S, H·D] projections read and its output
 written in place, keys-contiguous K, d-strided operands, rows too unaligned for cp.async)
 run every mode with and without a mask, the output prefilled with NaN so a missed or
-misplaced store shows; so do Q, K and V read at offsets of one merged projection.
+misplaced store shows; so do Q, K and V read at offsets of one merged projection. Each
+case runs the emitted kernel and every variant the runtime may choose instead (other
+warps per block).
 """
 
 import numpy as np
@@ -59,30 +61,38 @@ def _inputs(g, env, rng, masked_frac=0.2):
 
 
 def _run(g, feeds, env, tmp_path):
+    """Runs the node's kernel and each of its variants on fresh NaN-filled outputs; returns
+    the kernel's spec and [(name, output)] of all of them."""
     node = g.nodes[0]
     dtype = g.tensors["o"].dtype
-    buffers = {t: to_device(x) for t, x in feeds.items()}
-    out_shape = _concrete(g.tensors["o"].shape, env)
-    nan_bits = {"float16": 0x7E00, "bfloat16": 0x7FC0}
-    buffers["o"] = (cupy.full(out_shape, nan_bits[dtype], np.uint16) if dtype in nan_bits
-                    else cupy.full(out_shape, np.nan, np.float32))   # unwritten elements show up as NaN
-    if dtype == "float16":
-        buffers["o"] = buffers["o"].view(np.float16)
     (spec,) = emit_node(g, node)
-    fn, grid, block, args = prepare(spec, buffers, env, ARCH, tmp_path)
-    fn(grid, block, args)
-    cupy.cuda.Device(0).synchronize()
-    return spec, to_host(buffers["o"], dtype)
+    outs = []
+    for kernel in [spec, *spec.variants]:
+        buffers = {t: to_device(x) for t, x in feeds.items()}
+        out_shape = _concrete(g.tensors["o"].shape, env)
+        nan_bits = {"float16": 0x7E00, "bfloat16": 0x7FC0}
+        buffers["o"] = (cupy.full(out_shape, nan_bits[dtype], np.uint16) if dtype in nan_bits
+                        else cupy.full(out_shape, np.nan, np.float32))   # unwritten elements show up as NaN
+        if dtype == "float16":
+            buffers["o"] = buffers["o"].view(np.float16)
+        fn, grid, block, args = prepare(kernel, buffers, env, ARCH, tmp_path)
+        fn(grid, block, args)
+        cupy.cuda.Device(0).synchronize()
+        outs.append((f"{kernel.name} ({block[0] // 32} warps)", to_host(buffers["o"], dtype)))
+    return spec, outs
 
 
-def _check(g, feeds, got, tol, what):
+def _check(g, feeds, outs, tol, what):
     node = g.nodes[0]
     (want,) = fused_ops.attention([feeds[t] if t else None for t in node.inputs], node.attrs)
-    assert got.shape == want.shape and got.dtype == want.dtype, what
-    got64, want64 = got.astype(np.float64), want.astype(np.float64)
-    assert np.isfinite(got64).all(), f"{what}: {np.isnan(got64).sum()} NaN/unwritten of {got64.size}"
-    err = np.abs(got64 - want64).max() / np.abs(want64).max()
-    assert err <= tol, f"{what}: max error {err:.3g} of the output scale (tolerance {tol})"
+    want64 = want.astype(np.float64)
+    for kernel, got in outs:
+        where = f"{what}, kernel {kernel}"
+        assert got.shape == want.shape and got.dtype == want.dtype, where
+        got64 = got.astype(np.float64)
+        assert np.isfinite(got64).all(), f"{where}: {np.isnan(got64).sum()} NaN/unwritten of {got64.size}"
+        err = np.abs(got64 - want64).max() / np.abs(want64).max()
+        assert err <= tol, f"{where}: max error {err:.3g} of the output scale (tolerance {tol})"
 
 
 @pytest.mark.parametrize("masked", [True, False], ids=["mask", "nomask"])
@@ -96,9 +106,9 @@ def test_attention_matches_reference(mode, k_transposed, shape_id, masked, tmp_p
                         mask_dtype=mask_dtype or dtype, allow_tf32=allow_tf32, scale=d ** -0.5)
     rng = np.random.default_rng([sorted(MODES).index(mode), k_transposed, sorted(SHAPES).index(shape_id), int(masked)])
     feeds = _inputs(g, env, rng)
-    spec, got = _run(g, feeds, env, tmp_path)
+    spec, outs = _run(g, feeds, env, tmp_path)
     assert ("mma.sync" in spec.source) == (mode != "fp32" and shape_id != "general_d40")
-    _check(g, feeds, got, tol, f"{mode} {shape_id} k_transposed={k_transposed} masked={masked}")
+    _check(g, feeds, outs, tol, f"{mode} {shape_id} k_transposed={k_transposed} masked={masked}")
 
 
 @pytest.mark.parametrize("masked", [True, False], ids=["mask", "nomask"])
@@ -114,9 +124,9 @@ def test_strided_layout_matches_reference(mode, form, masked, tmp_path):
                                     scale=0.125)
         rng = np.random.default_rng([sorted(MODES).index(mode), sorted(STRIDED_FORMS).index(form), int(masked), heads])
         feeds = _inputs(g, env, rng)
-        spec, got = _run(g, feeds, env, tmp_path)
+        spec, outs = _run(g, feeds, env, tmp_path)
         assert ("mma.sync" in spec.source) == (mode != "fp32")
-        _check(g, feeds, got, tol, f"{mode} {form} heads={heads} masked={masked}")
+        _check(g, feeds, outs, tol, f"{mode} {form} heads={heads} masked={masked}")
 
 
 @pytest.mark.parametrize("shift", [0, 1], ids=["aligned", "odd_offsets"])
@@ -130,9 +140,9 @@ def test_merged_projection_matches_reference(mode, shift, tmp_path):
         g = merged_attention_graph(dtype, heads, s, 64, shift=shift, mask_shape=mask, allow_tf32=allow_tf32)
         rng = np.random.default_rng([sorted(MODES).index(mode), shift, heads])
         feeds = _inputs(g, env, rng)
-        spec, got = _run(g, feeds, env, tmp_path)
+        spec, outs = _run(g, feeds, env, tmp_path)
         assert ("mma.sync" in spec.source) == (mode != "fp32")
-        _check(g, feeds, got, tol, f"{mode} shift={shift} heads={heads}")
+        _check(g, feeds, outs, tol, f"{mode} shift={shift} heads={heads}")
 
 
 def bert_graph(mode, k_transposed=1):
@@ -157,8 +167,8 @@ def _bert_feeds(g, env, rng):
 def test_bert_base_attention(mode, k_transposed, batch, tmp_path):
     g, env = bert_graph(mode, k_transposed), {"N": batch}
     feeds = _bert_feeds(g, env, np.random.default_rng([batch, k_transposed]))
-    _, got = _run(g, feeds, env, tmp_path)
-    _check(g, feeds, got, MODES[mode][2], f"BERT-base b{batch} {mode} k_transposed={k_transposed}")
+    _, outs = _run(g, feeds, env, tmp_path)
+    _check(g, feeds, outs, MODES[mode][2], f"BERT-base b{batch} {mode} k_transposed={k_transposed}")
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -1,12 +1,12 @@
-"""The 16-channel tensor-core (tap) convolution kernel: which convs it claims, that it keeps
-its accumulators in registers, and (GPU) its numerics against ``fused_ops.fused_conv`` for
-bias, residual and activations, pixel tiles that cross image rows and a ragged last tile,
-in both half types."""
+"""The 16-channel tensor-core (tap) convolution kernel: which convs it claims, that it and its
+variants keep their accumulators in registers, and (GPU) the numerics of each against
+``fused_ops.fused_conv`` for bias, residual and activations, pixel tiles that cross image
+rows and a ragged last tile, in both half types."""
 import numpy as np
 import pytest
 
 from tftrt_lite.codegen.nvrtc import compile_kernel
-from tftrt_lite.codegen.tap_conv import emit_tap_conv, tap_conv_runs
+from tftrt_lite.codegen.tap_conv import VARIANTS, emit_tap_conv, tap_conv_runs
 from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.ir import saturate_cast
 from tftrt_lite.engine.reference import run_graph
@@ -59,10 +59,12 @@ def test_claims_stride_one_convs_over_16_half_channels_only():
 def test_accumulators_stay_in_registers(case_id, dtype):
     g = _graph(case_id, dtype)
     spec = emit_tap_conv(g, g.nodes[0])
-    (tiles, *_rest) = spec.grid
-    assert symbolic.equal(tiles.numerator, symbolic.product(["N", *g.tensor("y").shape[1:3]]))
-    ptx = compile_kernel(spec.source, spec.name, "sm_90").ptx
-    assert ".local" not in ptx and "mma.sync.aligned.m16n8k16" in ptx
+    assert len(spec.variants) == len(VARIANTS)
+    for kernel in [spec, *spec.variants]:
+        (tiles, *_rest) = kernel.grid
+        assert symbolic.equal(tiles.numerator, symbolic.product(["N", *g.tensor("y").shape[1:3]]))
+        ptx = compile_kernel(kernel.source, kernel.name, "sm_90").ptx
+        assert ".local" not in ptx and "mma.sync.aligned.m16n8k16" in ptx
 
 
 @pytest.mark.gpu
@@ -80,5 +82,8 @@ def test_tap_kernel_matches_reference(case_id, dtype, tmp_path):
     want = run_graph(g, feeds)["y"].astype(np.float32)
     buffers = {t: to_device(v) for t, v in feeds.items()}
     buffers.update({t: to_device(tt.value) for t, tt in g.tensors.items() if tt.value is not None})
-    got = launch_guarded(emit_tap_conv(g, g.nodes[0]), buffers, want.shape, dtype, env, arch, tmp_path)
-    np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-2 * max(1.0, np.abs(want).max()))
+    spec = emit_tap_conv(g, g.nodes[0])
+    for kernel in [spec, *spec.variants]:  # the runtime may choose any of them
+        got = launch_guarded(kernel, buffers, want.shape, dtype, env, arch, tmp_path)
+        np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-2 * max(1.0, np.abs(want).max()),
+                                   err_msg=f"kernel {kernel.name} ({kernel.block[0] // 32} warps)")

@@ -153,6 +153,10 @@ def test_resnet_stem_folds_into_a_tensor_core_kernel_in_half_engines(precision):
     if precision == "FP16":
         assert not convs and sum(n.startswith("tl_space_to_depth_") for n in names) == 1, names
         assert sum(n.startswith("tl_tapconv_") for n in names) == 1, names
+        (taps,) = [s for s in engine.plan.steps if isinstance(s, LaunchStep) and s.variants]
+        kernels = [engine.plan.kernels[k.kernel] for k in [taps, *taps.variants]]  # timed per shape at run time
+        assert len({k.name for k in kernels}) == 4 and all(k.name.startswith("tl_tapconv_") for k in kernels)
+        assert all(k.images[0].cubin[:4] == b"\x7fELF" for k in kernels)
     else:
         assert len(convs) == 1 and (convs[0].r.constant, list(convs[0].strides)) == (7, [2, 2])
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)

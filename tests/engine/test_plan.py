@@ -11,7 +11,7 @@ import pytest
 from tftrt_lite.engine import ir
 from tftrt_lite.engine.plan import (
     DTYPE_CODES, FORMAT_VERSION, MAGIC, NONE_INDEX, WEIGHT_ALIGNMENT, Activation, ArgKind, BufferDesc, ConvStep,
-    FilterLayout, GemmStep, KernelArg, KernelEntry, KernelImage, LaunchStep, Layout, Plan, PlanExpr,
+    FilterLayout, GemmStep, KernelArg, KernelEntry, KernelImage, LaunchStep, LaunchVariant, Layout, Plan, PlanExpr,
     PlanFormatError, Section, Storage, SymbolBinding, WeightPacker, deserialize_plan, graph_from_json,
     graph_to_json, read_sections, serialize_plan)
 from tftrt_lite.errors import TftrtLiteError
@@ -60,7 +60,9 @@ def _plan(rng):
         LaunchStep("ew", 0, (PlanExpr(((3, (0,)),), 256, True), PlanExpr.const(1), PlanExpr.const(1)),
                    (256, 1, 1), 0, [KernelArg(ArgKind.BUFFER, 3), KernelArg(ArgKind.BUFFER, 1),
                                     KernelArg(ArgKind.EXPR, NS), KernelArg(ArgKind.I64, -7),
-                                    KernelArg(ArgKind.F32, 1.5)]),
+                                    KernelArg(ArgKind.F32, 1.5)],
+                   [LaunchVariant(0, (PlanExpr(((3, (0,)),), 128, True), PlanExpr.const(2), PlanExpr.const(1)),
+                                  (128, 1, 1), 64)]),
         ConvStep("conv", Layout.NHWC, FilterLayout.KRSC, 0, 2, 1, N, *(PlanExpr.const(v) for v in (3, 8, 8, 16, 3, 3, 8, 8)),
                  pads=(1, 1, 1, 1), strides=(1, 1), dilations=(1, 1), groups=1, bias=2, residual=3,
                  activation=Activation.CLIP, act_p0=0.0, act_p1=6.0),
@@ -165,7 +167,11 @@ int main(int argc, char** argv) {
   for (auto& s : plan.steps) {
     std::printf("step %u %s", s.kind, s.name.c_str());
     if (s.kind == kLaunch) {
-      std::printf(" grid %lld block %u args", (long long)plan.exprs[s.launch.grid[0]].Evaluate(sym), s.launch.block[0]);
+      for (auto& k : s.launch.configs)
+        std::printf(" kernel %u grid %lld,%lld block %u smem %u", k.kernel,
+                    (long long)plan.exprs[k.grid[0]].Evaluate(sym), (long long)plan.exprs[k.grid[1]].Evaluate(sym),
+                    k.block[0], k.shared_mem);
+      std::printf(" args");
       for (auto& a : s.launch.args)
         std::printf(" %u:%lld", a.kind, a.kind == kArgExpr ? (long long)plan.exprs[a.value].Evaluate(sym) : (long long)a.value);
     } else if (s.kind == kGemm) {
@@ -203,8 +209,10 @@ def _python_view(plan: Plan, sym):
     lines.append(f"steps {len(plan.steps)}")
     for s in plan.steps:
         if isinstance(s, LaunchStep):
+            configs = "".join(f" kernel {k.kernel} grid {k.grid[0].evaluate(sym)},{k.grid[1].evaluate(sym)} "
+                              f"block {k.block[0]} smem {k.shared_mem}" for k in [s, *s.variants])
             args = " ".join(f"{a.kind}:{_arg_value(a, sym)}" for a in s.args)
-            lines.append(f"step 1 {s.name} grid {s.grid[0].evaluate(sym)} block {s.block[0]} args {args}")
+            lines.append(f"step 1 {s.name}{configs} args {args}")
         elif isinstance(s, GemmStep):
             lines.append(f"step 2 {s.name} m {s.m.evaluate(sym)} act {s.activation} alpha {s.alpha:g}")
         else:

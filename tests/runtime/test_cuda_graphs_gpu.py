@@ -24,6 +24,7 @@ import pytest
 
 from test_executor_gpu import MODELS, assert_close_tf32, harness, kernel_cache, random_feeds  # noqa: F401
 from tftrt_lite.engine import build_engine
+from tftrt_lite.engine.plan import LaunchStep
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_fallback"),
               pytest.mark.skipif(os.environ.get("TFTRT_LITE_CUDA_GRAPHS") in ("0", "false"),
@@ -134,9 +135,10 @@ def test_profile_times_every_step(harness):
     executor = harness.create(engine.serialize())
     feeds = random_feeds(engine, 6, np.random.default_rng(18))
     inputs = [cupy.asarray(feeds[n]) for n in engine.input_names]
-    step_us = executor.profile(inputs, repeats=5)
-    assert len(step_us) == len(engine.plan.steps)
+    step_us, kernels = executor.profile(inputs, repeats=5)
+    assert len(step_us) == len(kernels) == len(engine.plan.steps)
     assert all(t > 0 for t in step_us), step_us
+    assert kernels == [s.kernel if isinstance(s, LaunchStep) else -1 for s in engine.plan.steps]
     with_graphs = executor.time_calls(inputs, warmup=3, iters=20)
     assert with_graphs > 0
     with pytest.raises(Exception, match="at least one repeat, got 0"):

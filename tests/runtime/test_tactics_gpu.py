@@ -11,7 +11,9 @@ per process), three calls per plan (uncaptured, captured, replayed):
   NumPy reference at TF32 tolerance;
 * the cache file: written by one process, read by the next, which then times nothing;
   a corrupt file never changes results;
-* cuDNN algorithm timing of two convolutions, then their reuse from the cache.
+* cuDNN algorithm timing of two convolutions, then their reuse from the cache;
+* the variants of a generated kernel (BERT-base-sized attention: 2, 4 or 8 warps per
+  block) timed once per problem, the winner reused from the cache, and the switch.
 """
 import ctypes
 import json
@@ -30,7 +32,8 @@ from tftrt_lite.tune import COUNT_NAMES
 from test_executor_gpu import tanh_gelu
 
 HEADER = "# tftrt_lite tactic cache v1"
-SWITCHES = ("TFTRT_LITE_TUNING", "TFTRT_LITE_GEMM_TUNING", "TFTRT_LITE_CONV_TUNING", "TFTRT_LITE_CUDA_GRAPHS")
+SWITCHES = ("TFTRT_LITE_TUNING", "TFTRT_LITE_GEMM_TUNING", "TFTRT_LITE_CONV_TUNING", "TFTRT_LITE_KERNEL_TUNING",
+            "TFTRT_LITE_CUDA_GRAPHS")
 GPU_NAME = "Test_GPU:sm_90:132sm"
 ALGO = "0123456789abcdef" * 8  # 64 bytes of cublasLtMatmulAlgo_t in hex
 
@@ -62,8 +65,9 @@ def stored_lines(store):
 # --------------------------------------------------------------------------- no GPU needed
 def test_cache_lines_round_trip_through_the_store(store):
     lines = [f"gemm {GPU_NAME} 120503 128,3072,768,1,768,3072,3072,0,0,0,0,0,0,77,6,0,256 {ALGO} 4194304",
-             f"conv {GPU_NAME} 90300 1,64,58,58,64,3,3,0,0,1,1,1,1,1,0,0,0,0 1 0"]
-    assert add(store, HEADER + "\n" + "\n".join(lines) + "\n") == (2, 0)
+             f"conv {GPU_NAME} 90300 1,64,58,58,64,3,3,0,0,1,1,1,1,1,0,0,0,0 1 0",
+             f"kernel {GPU_NAME} 13000 3,-4611686018427387904,12,2,1,768,256 2 0"]
+    assert add(store, HEADER + "\n" + "\n".join(lines) + "\n") == (3, 0)
     dumped = stored_lines(store)
     assert dumped[0] == HEADER
     assert set(lines) <= set(dumped[1:])
@@ -87,6 +91,7 @@ def test_header_is_optional_and_blank_lines_are_ignored(store):
     f"conv {GPU_NAME} 90300 1,2,3 1",                              # a field missing
     f"conv {GPU_NAME} 90300 1,2,3 1 0 extra",                      # a field too many
     f"fft {GPU_NAME} 90300 1,2,3 1 0",                             # unknown kind
+    f"kernel {GPU_NAME} 13000 1,2,3 two 0",                        # variant not a number
     f"conv {GPU_NAME} 90300 1,2,3 1 99999999999999999999999",      # workspace overflows
 ])
 def test_malformed_lines_are_skipped_and_counted(store, line):
@@ -133,6 +138,22 @@ def bert_ffn(rng, rows=128, hidden=768, ffn=3072):
                                                                                 ["N", rows, hidden])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", rows, hidden])],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def attention_block(rng, heads=12, seq=128, head_dim=64):
+    """softmax(Q K^T / 8) V over 12 heads of 128 tokens: one tftrt.Attention kernel with
+    warp variants."""
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Mul", ["s", "scale"], ["ss"]),
+             helper.make_node("Softmax", ["ss"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    shape = ["N", heads, seq, head_dim]
+    graph = helper.make_graph(nodes, "attention_block",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "qkv"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(np.array(head_dim ** -0.5, np.float32), "scale")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -366,3 +387,32 @@ def test_conv_timing_picks_an_algorithm_then_reuses_it(tmp_path, convs):
     assert info["counts"]["conv_timed"] == 0, info
     for got, want in zip(first, untuned):
         assert_close_tf32(got, want, "timed vs untimed convs")
+
+
+@pytest.fixture(scope="module")
+def attention():
+    engine = _engine(attention_block)
+    (step,) = [s for s in engine.plan.steps if getattr(s, "variants", None)]
+    assert len(step.variants) == 2
+    return engine, _feeds(engine, batch=2)
+
+
+@pytest.mark.gpu
+def test_kernel_variants_are_timed_then_reused(tmp_path, attention):
+    engine, feeds = attention
+    cache = tmp_path / "tactics.txt"
+    first, info = run_plan(tmp_path, engine, feeds, cache=cache)
+    assert info["counts"]["kernel_timed"] == 1, info
+    (line,) = [line for line in info["tactics"].splitlines() if line.startswith("kernel ")]
+    fields = line.split()
+    assert len(fields) == 6 and fields[4] in ("0", "1", "2") and fields[5] == "0", line
+    assert_matches_reference(engine, feeds, first, "timed kernel variants")
+
+    second, info = run_plan(tmp_path, engine, feeds, cache=cache)
+    assert info["counts"]["kernel_timed"] == 0 and info["counts"]["cache_hits"] == 1, info
+    for got, want in zip(second, first):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+    untimed, info = run_plan(tmp_path, engine, feeds, TFTRT_LITE_KERNEL_TUNING="0")
+    assert info["counts"]["kernel_timed"] == 0 and info["tactics"] == "", info
+    assert_matches_reference(engine, feeds, untimed, "the emitted kernel")

@@ -44,8 +44,10 @@ large batch the warps sharing a K/V tile divide its copy and its L2 reads among 
 Measured on an H200 (BERT-base, merged QKV, fp16, 64-key tiles; µs per launch at batch
 1 / 32): one warp 4.7 / 26.4, two 4.5 / 21.4, four 4.7 / 18.9, eight 6.3 / 18.7; TF32
 (32-key tiles): two 8.7 / 38.6, four 8.1 / 33.3. Eight warps gain nothing more and cost
-latency at batch 1 (each block then waits for twice the tile copy). A block never
-spans more 16-row tiles than Sq has when Sq is static (Sq ≤ 16: one warp).
+latency at batch 1 (each block then waits for twice the tile copy). Four warps is the
+emitted choice; two and eight are variants (``WARP_VARIANTS``) the runtime times per
+input shape and keeps where they win. A block never spans more 16-row tiles than Sq has
+when Sq is static (Sq ≤ 16: one warp).
 
 ``BC`` is the largest of 64/32/16 keys whose two K+V stages fit the 48 KB of static
 shared memory (fp16 D = Dv = 64: 64 keys, 36 KB; D = Dv = 128: 32 keys).
@@ -86,7 +88,7 @@ batch, head and sequence dims may be symbolic.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from string import Template
 from typing import List, Optional, Sequence, Tuple
 
@@ -101,6 +103,8 @@ from tftrt_lite.errors import UnsupportedOpError
 SHARED_LIMIT = 48 * 1024
 ROWS_PER_WARP = 16
 WARPS = 4
+#: Warps per block of the kernel variants timed at run time (see the module docstring).
+WARP_VARIANTS = (2, 4, 8)
 KEY_TILES = (64, 32, 16)
 MAX_TENSOR_CORE_HEAD_DIM = 128
 DTYPES = ("float16", "bfloat16", "float32")
@@ -336,9 +340,13 @@ def tensor_core_plan(dtype: str, d: int, dv: int, k_transposed: bool, sq: Dim,
         k_elems = d * (bc + kt_pad) if k_transposed else bc * (d + pad)
         shared = 2 * esize * (k_elems + bc * (dv + pad))
         if shared <= SHARED_LIMIT:
-            warps = min(WARPS, -(-sq // ROWS_PER_WARP)) if isinstance(sq, int) else WARPS
-            return TilePlan(warps, bc, shared, tf32)
+            return TilePlan(_warps(WARPS, sq), bc, shared, tf32)
     return None
+
+
+def _warps(warps: int, sq: Dim) -> int:
+    """``warps``, or fewer when a static Sq has fewer 16-row tiles."""
+    return min(warps, -(-sq // ROWS_PER_WARP)) if isinstance(sq, int) else warps
 
 
 def _mask_setup(w: KernelWriter, graph: ir.Graph, node: ir.Node, p: _Problem,
@@ -783,5 +791,7 @@ def _emit_attention(graph: ir.Graph, node: ir.Node) -> List[KernelSpec]:
     plan = tensor_core_plan(p.dtype, p.d, p.dv, p.k_cols, p.sq,
                             allow_tf32=bool(node.attrs.get("allow_tf32", 1)))
     if plan is not None:
-        return [_emit_tensor_core(graph, node, p, plan)]
+        variants = [_emit_tensor_core(graph, node, p, replace(plan, warps=_warps(w, p.sq)))
+                    for w in WARP_VARIANTS]
+        return [_emit_tensor_core(graph, node, p, plan).with_variants(variants)]
     return [_emit_fma(graph, node, p)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -180,7 +180,12 @@ class Arg:
 
 @dataclass
 class KernelSpec:
-    """One launch of one generated kernel for one IR node."""
+    """One launch of one generated kernel for one IR node.
+
+    ``variants``: other kernels for the same launch (same arguments, other tiling), which
+    the runtime times per input shape against this one, the emitter's choice for shapes it
+    has not timed. An emitter offers them where the best tiling depends on the shape.
+    """
 
     name: str
     source: str
@@ -189,6 +194,20 @@ class KernelSpec:
     shared_mem: int
     args: List[Arg]
     node: str
+    variants: List["KernelSpec"] = field(default_factory=list)
+
+    def with_variants(self, variants: Sequence["KernelSpec"]) -> "KernelSpec":
+        """This spec offering ``variants`` (each must take this spec's arguments; equal
+        kernels are dropped)."""
+        kept: List[KernelSpec] = []
+        for v in variants:
+            if v.args != self.args:
+                raise ValueError(f"kernel variant {v.name} of node {self.node!r} takes other arguments "
+                                 f"than {self.name}")
+            if v.name != self.name and all(v.name != k.name for k in kept):
+                kept.append(v)
+        self.variants = kept
+        return self
 
 
 class KernelWriter:

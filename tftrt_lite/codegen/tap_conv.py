@@ -27,7 +27,10 @@ unpadded geometry needs no bounds checks inside the image.
   (6272 blocks at batch 128) the copies alone set the kernel's time (291 µs on the H200;
   removing its stores, its mma or its A loads changed nothing), 32 tiles per block took
   253 µs. The launch grid still has one block per ``TILES_PER_WARP`` tiles per warp, so
-  a batch-1 stem spreads over 49 SMs. The tap loop is unrolled by 2, which bounds how many
+  a batch-1 stem spreads over 49 SMs. Other warps per block and blocks per SM
+  (``VARIANTS``) are kernel variants the runtime times per input shape: on the H200 it
+  chose 8 warps × 2 blocks at batch 32 and 128, 2 × 6 at batch 1, and ResNet50's
+  batch-128 stem stayed at 242 µs, so the fixed cost is none of these. The tap loop is unrolled by 2, which bounds how many
   A loads ptxas hoists (fully unrolled, a 16-pixel version hoisted all 64 of ResNet's 16
   taps and took 222 registers per thread).
 - Epilogue on the fp32 accumulator: bias, residual, activation (``fused_ops.fused_conv``),
@@ -57,6 +60,8 @@ MAX_OUT_CHANNELS = 64
 WARPS = 4
 TILES_PER_WARP = 2
 BLOCKS_PER_SM = 4
+#: (warps per block, blocks per SM) of the variants the runtime times against the above.
+VARIANTS = ((8, 2), (4, 2), (2, 6))
 SHARED_LIMIT = 48 * 1024
 _HALVES = {"float16": "f16", "bfloat16": "bf16"}
 
@@ -95,6 +100,11 @@ def emit_tap_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
     """The kernel computing ``node``, or None when :func:`tap_conv_runs` says no."""
     if not tap_conv_runs(graph, node):
         return None
+    variants = [_emit(graph, node, warps, blocks) for warps, blocks in VARIANTS]
+    return _emit(graph, node, WARPS, BLOCKS_PER_SM).with_variants(variants)
+
+
+def _emit(graph: ir.Graph, node: ir.Node, warps: int, blocks_per_sm: int) -> KernelSpec:
     x, wt, bias, residual, y = conv_operands(node)
     n_d, h, w_in, _ = graph.tensor(x).shape
     k, kh, kw, _ = graph.tensor(wt).shape
@@ -118,7 +128,7 @@ def emit_tap_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
         "  __shared__ __align__(16) unsigned short w_s[K * PITCH];",
         "  unsigned sms;",
         '  asm("mov.u32 %0, %%nsmid;" : "=r"(sms));',
-        f"  const unsigned blocks = min(gridDim.x, sms * {BLOCKS_PER_SM}u);  // persistent: see the module docstring",
+        f"  const unsigned blocks = min(gridDim.x, sms * {blocks_per_sm}u);  // persistent: see the module docstring",
         "  if (blockIdx.x >= blocks) return;",
         "  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tg = lane & 3;",
         "  for (int i = tid; i < K * TAPS * 2; i += blockDim.x) {  // 16-byte chunks of [K][TAPS * 16]",
@@ -148,7 +158,7 @@ def emit_tap_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
         "  // n-tile (k = 2tg.. and 2tg + 8..), 2, 3 of its second",
         "  const unsigned w_lane = (unsigned)__cvta_generic_to_shared(w_s) + "
         "2u * (unsigned)((((lane >> 4) << 3) + (lane & 7)) * PITCH + ((lane >> 3) & 1) * 8);",
-        f"  for (i64 tile = (i64)blockIdx.x * {WARPS} + warp; tile * 32 < {pixels}; tile += (i64)blocks * {WARPS}) {{",
+        f"  for (i64 tile = (i64)blockIdx.x * {warps} + warp; tile * 32 < {pixels}; tile += (i64)blocks * {warps}) {{",
         "    const i64 p0 = tile * 32;",
         "    i64 q[4];  // this lane's output pixels: rows g and g + 8 of m-tiles 0 and 1",
         "    bool ok[4];",
@@ -205,5 +215,5 @@ def emit_tap_conv(graph: ir.Graph, node: ir.Node) -> Optional[KernelSpec]:
               "      }",
               "    }",
               "  }"]
-    rows = 32 * WARPS * TILES_PER_WARP
-    return wr.finish("\n".join(lines), (LaunchDim(dim_prod([n_d, oh, ow]), rows),), (32 * WARPS, 1, 1))
+    rows = 32 * warps * TILES_PER_WARP
+    return wr.finish("\n".join(lines), (LaunchDim(dim_prod([n_d, oh, ow]), rows),), (32 * warps, 1, 1))

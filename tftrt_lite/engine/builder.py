@@ -29,8 +29,8 @@ from tftrt_lite.engine import ir, symbolic
 from tftrt_lite.engine.fused_ops import conv_input_activation, conv_operands
 from tftrt_lite.engine.plan import (
     NONE_INDEX, Activation, ArgKind, BufferDesc, ConvStep, FilterLayout, GemmStep, KernelArg, KernelEntry,
-    KernelImage, LaunchStep, Layout, MathMode, Plan, PlanExpr, Step, Storage, SymbolBinding, WeightPacker,
-    deserialize_plan, graph_from_json, graph_to_json, serialize_plan)
+    KernelImage, LaunchStep, LaunchVariant, Layout, MathMode, Plan, PlanExpr, Step, Storage, SymbolBinding,
+    WeightPacker, deserialize_plan, graph_from_json, graph_to_json, serialize_plan)
 from tftrt_lite.errors import ConversionError, NotSupportedYetError, UnsupportedOpError
 
 BUILDER_VERSION = 1
@@ -309,10 +309,18 @@ class _PlanBuilder:
             self._launch(emit_copy(self.cg_graph, node, t, out), deferred=True)
 
     # -- steps --------------------------------------------------------------------------
-    def _launch(self, spec: KernelSpec, deferred: bool = False) -> None:
+    def _kernel_index(self, spec: KernelSpec) -> int:
         if spec.name not in self.specs:
             self.specs[spec.name] = spec
             self.kernel_order.append(spec.name)
+        return self.kernel_order.index(spec.name)
+
+    def _grid(self, spec: KernelSpec) -> Tuple[PlanExpr, PlanExpr, PlanExpr]:
+        return tuple(self.expr(g.numerator, g.divisor, ceil=True) for g in spec.grid)
+
+    def _launch(self, spec: KernelSpec, deferred: bool = False) -> None:
+        kernel = self._kernel_index(spec)
+        variants = [LaunchVariant(self._kernel_index(v), self._grid(v), v.block, v.shared_mem) for v in spec.variants]
         args = []
         for a in spec.args:
             if a.kind == "buffer":
@@ -323,8 +331,7 @@ class _PlanBuilder:
                 args.append(KernelArg(ArgKind.I64, int(a.value)))
             else:
                 args.append(KernelArg(ArgKind.F32, float(a.value)))
-        grid = tuple(self.expr(g.numerator, g.divisor, ceil=True) for g in spec.grid)
-        step = LaunchStep(spec.node, self.kernel_order.index(spec.name), grid, spec.block, spec.shared_mem, args)
+        step = LaunchStep(spec.node, kernel, self._grid(spec), spec.block, spec.shared_mem, args, variants)
         (self.deferred if deferred else self.steps).append(step)
 
     def _node_steps(self, node: ir.Node) -> None:

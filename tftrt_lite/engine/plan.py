@@ -42,7 +42,7 @@ from tftrt_lite.engine import ir
 from tftrt_lite.errors import TftrtLiteError
 
 MAGIC = b"TFTRTLP\0"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 WEIGHT_ALIGNMENT = 256
 _SECTION_ALIGNMENT = 8
 _HEADER = struct.Struct("<8sIIQ")
@@ -202,13 +202,29 @@ class KernelArg:
 
 
 @dataclass
+class LaunchVariant:
+    """Another kernel for a launch step: the same computation on the same arguments, tiled
+    differently, with its own launch geometry."""
+
+    kernel: int
+    grid: Tuple[PlanExpr, PlanExpr, PlanExpr]
+    block: Tuple[int, int, int]
+    shared_mem: int
+
+
+@dataclass
 class LaunchStep:
+    """One generated kernel launch. ``kernel``/``grid``/``block``/``shared_mem`` are the
+    builder's choice; ``variants`` (may be empty) are alternatives the runtime times per
+    input shape on its first call, keeping the fastest (``runtime/cc/tactics.h``)."""
+
     name: str
     kernel: int
     grid: Tuple[PlanExpr, PlanExpr, PlanExpr]
     block: Tuple[int, int, int]
     shared_mem: int
     args: List[KernelArg]
+    variants: List[LaunchVariant] = field(default_factory=list)
 
 
 @dataclass
@@ -358,16 +374,20 @@ def _write_act(w: _Writer, step: Union[GemmStep, ConvStep]) -> None:
     w.f32(step.beta)
 
 
+def _write_launch_config(w: _Writer, launch: Union[LaunchStep, LaunchVariant], ex: _ExprTable) -> None:
+    w.u32(launch.kernel)
+    for g in launch.grid:
+        w.u32(ex(g))
+    for b in launch.block:
+        w.u32(b)
+    w.u32(launch.shared_mem)
+
+
 def _write_step(w: _Writer, step: Step, ex: _ExprTable) -> None:
     if isinstance(step, LaunchStep):
         w.u32(StepKind.LAUNCH)
         w.str(step.name)
-        w.u32(step.kernel)
-        for g in step.grid:
-            w.u32(ex(g))
-        for b in step.block:
-            w.u32(b)
-        w.u32(step.shared_mem)
+        _write_launch_config(w, step, ex)
         w.u32(len(step.args))
         for arg in step.args:
             w.u32(arg.kind)
@@ -379,6 +399,9 @@ def _write_step(w: _Writer, step: Step, ex: _ExprTable) -> None:
                 w.i64(int(arg.value))
             else:
                 w.u64(int(arg.value))
+        w.u32(len(step.variants))
+        for v in step.variants:
+            _write_launch_config(w, v, ex)
     elif isinstance(step, GemmStep):
         w.u32(StepKind.GEMM)
         w.str(step.name)
@@ -559,14 +582,18 @@ def _read_act(r: _Reader) -> Dict[str, Any]:
                 act_p0=r.f32(), act_p1=r.f32(), alpha=r.f32(), beta=r.f32())
 
 
+def _read_launch_config(r: _Reader, exprs: List[PlanExpr]) -> LaunchVariant:
+    kernel = r.u32()
+    grid = tuple(exprs[r.u32()] for _ in range(3))
+    block = tuple(r.u32() for _ in range(3))
+    return LaunchVariant(kernel, grid, block, r.u32())
+
+
 def _read_step(r: _Reader, exprs: List[PlanExpr]) -> Step:
     kind = r.u32()
     name = r.str()
     if kind == StepKind.LAUNCH:
-        kernel = r.u32()
-        grid = tuple(exprs[r.u32()] for _ in range(3))
-        block = tuple(r.u32() for _ in range(3))
-        smem = r.u32()
+        config = _read_launch_config(r, exprs)
         args = []
         for _ in range(r.u32()):
             akind = r.u32()
@@ -580,7 +607,8 @@ def _read_step(r: _Reader, exprs: List[PlanExpr]) -> Step:
                 args.append(KernelArg(akind, r.u64()))
             else:
                 raise PlanFormatError(f"step {name!r}: unknown kernel argument kind {akind}")
-        return LaunchStep(name, kernel, grid, block, smem, args)
+        variants = [_read_launch_config(r, exprs) for _ in range(r.u32())]
+        return LaunchStep(name, config.kernel, config.grid, config.block, config.shared_mem, args, variants)
     if kind == StepKind.GEMM:
         a, b, d, bias, c = (r.u32() for _ in range(5))
         trans_a, trans_b = bool(r.u32()), bool(r.u32())

@@ -57,7 +57,8 @@ class Harness:
             ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64),
             ctypes.c_int]
         lib.tftrt_lite_executor_profile.restype = ctypes.c_int
-        lib.tftrt_lite_executor_profile.argtypes = inputs + [ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
+        lib.tftrt_lite_executor_profile.argtypes = inputs + [ctypes.c_int, ctypes.POINTER(ctypes.c_double),
+                                                             ctypes.POINTER(ctypes.c_int)]
         lib.tftrt_lite_executor_time_calls.restype = ctypes.c_int
         lib.tftrt_lite_executor_time_calls.argtypes = inputs + [ctypes.c_int, ctypes.c_int,
                                                                 ctypes.POINTER(ctypes.c_double)]
@@ -155,17 +156,19 @@ class Executor:
         return outputs
 
     def profile(self, inputs, repeats, stream=None):
-        """Median microseconds of every plan step over ``repeats`` uncaptured runs."""
+        """(median microseconds of every plan step over ``repeats`` uncaptured runs, the plan
+        kernel index each launch step ran or -1 for library steps)."""
         import cupy
 
         stream = stream or cupy.cuda.get_current_stream()
         args, _blocks, _arrays = self._call_args(inputs, stream)
         step_us = (ctypes.c_double * max(self.num_steps, 1))()
-        code = self.harness.lib.tftrt_lite_executor_profile(self.handle, *args, repeats, step_us)
+        kernels = (ctypes.c_int * max(self.num_steps, 1))()
+        code = self.harness.lib.tftrt_lite_executor_profile(self.handle, *args, repeats, step_us, kernels)
         stream.synchronize()
         if code != 0:
             raise self.harness._error()
-        return list(step_us[:self.num_steps])
+        return list(step_us[:self.num_steps]), list(kernels[:self.num_steps])
 
     def time_calls(self, inputs, warmup, iters, stream=None):
         """Milliseconds per call of ``iters`` back-to-back calls after ``warmup`` calls."""

@@ -67,6 +67,7 @@ namespace cuda {
 // them and left null otherwise, so a library without one still runs engines, untuned.
 #define TFTRT_LITE_DRIVER_OPTIONAL_FUNCTIONS(X)          \
   X(DeviceGetName, cuDeviceGetName)                      \
+  X(DriverGetVersion, cuDriverGetVersion)                \
   X(MemcpyDtoHAsync, cuMemcpyDtoHAsync_v2)
 
 #define TFTRT_LITE_CUBLASLT_FUNCTIONS(X)                                 \

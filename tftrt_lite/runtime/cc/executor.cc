@@ -237,6 +237,8 @@ struct Executor::DeviceState {
   // are chosen once (tactics.h: timed, or taken from the tactic cache).
   std::map<std::vector<int64_t>, tactics::GemmAlgo> tuned_gemms;
   std::map<std::vector<int64_t>, tactics::ConvAlgo> tuned_convs;
+  // Chosen config (index) by kernel problem of launch steps with variants (LaunchKey).
+  std::map<std::vector<int64_t>, int> tuned_launches;
   std::mutex graphs_mu;
   std::map<std::vector<int64_t>, std::unique_ptr<ShapeGraph>> graphs;  // by symbol values
   HostStaging staging;
@@ -329,9 +331,11 @@ Status Executor::Validate() {
       return true;
     };
     if (s.kind == plan::kLaunch) {
-      const uint64_t threads = uint64_t(s.launch.block[0]) * s.launch.block[1] * s.launch.block[2];
-      if (threads == 0 || threads > 1024) {
-        return invalid(label + ": block of " + std::to_string(threads) + " threads (must be 1..1024)");
+      for (const plan::LaunchConfig& k : s.launch.configs) {
+        const uint64_t threads = uint64_t(k.block[0]) * k.block[1] * k.block[2];
+        if (threads == 0 || threads > 1024) {
+          return invalid(label + ": block of " + std::to_string(threads) + " threads (must be 1..1024)");
+        }
       }
     } else if (s.kind == plan::kGemm) {
       const plan::GemmStep& g = s.gemm;
@@ -445,13 +449,16 @@ Status Executor::LoadDeviceState(CUcontext context, DeviceState** out) {
   }
   for (size_t i = 0; i < plan_.steps.size(); ++i) {
     const plan::Step& s = plan_.steps[i];
-    if (s.kind != plan::kLaunch || s.launch.shared_mem <= kDefaultMaxSharedMemory) continue;
-    r = drv->FuncSetAttribute(st->functions[s.launch.kernel], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                              static_cast<int>(s.launch.shared_mem));
-    if (r != CUDA_SUCCESS) {
-      return unavailable(StepLabel(plan_, i) + " needs " + std::to_string(s.launch.shared_mem) +
-                         " bytes of shared memory, more than " + st->arch + " allows: " +
-                         cuda::DriverErrorString(*drv, r));
+    if (s.kind != plan::kLaunch) continue;
+    for (const plan::LaunchConfig& k : s.launch.configs) {
+      if (k.shared_mem <= kDefaultMaxSharedMemory) continue;
+      r = drv->FuncSetAttribute(st->functions[k.kernel], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                static_cast<int>(k.shared_mem));
+      if (r != CUDA_SUCCESS) {
+        return unavailable(StepLabel(plan_, i) + " needs " + std::to_string(k.shared_mem) +
+                           " bytes of shared memory, more than " + st->arch + " allows: " +
+                           cuda::DriverErrorString(*drv, r));
+      }
     }
   }
   if (plan_.weights_size > 0) {
@@ -1023,12 +1030,107 @@ Status AssignAddresses(const plan::Plan& p, const Bound& b, CUdeviceptr weights,
   return Status::Ok();
 }
 
-// Library steps: the cached descriptors and algorithms for these symbol values and
-// addresses (GemmEntry / ConvEntry per step, null for other and empty steps), and the
-// workspace they need. One workspace serves them all, since the steps run one after
-// another on the stream. A step met for the first time chooses its algorithm, timing
-// candidates on `scratch`.
-Status ResolveLibrarySteps(Executor::DeviceState& st, const plan::Plan& p, const Bound& b,
+// --------------------------------------------------------------------------- launches
+// Enqueues launch step `index` with kernel `k` (one of its configs) on `stream`; nothing
+// when the grid is empty.
+Status EnqueueLaunch(const Executor::DeviceState& st, const plan::Plan& p, size_t index, const plan::LaunchConfig& k,
+                     const Bound& b, const std::vector<CUdeviceptr>& addr, CUstream stream) {
+  const std::vector<int64_t>& ev = b.ev;
+  const plan::LaunchStep& l = p.steps[index].launch;
+  const int64_t grid[3] = {ev[k.grid[0]], ev[k.grid[1]], ev[k.grid[2]]};
+  if (grid[0] <= 0 || grid[1] <= 0 || grid[2] <= 0) return Status::Ok();  // nothing to compute
+  if (grid[0] > 0x7FFFFFFF || grid[1] > 65535 || grid[2] > 65535) {
+    return ExecError(StepLabel(p, index) + ": grid (" + std::to_string(grid[0]) + ", " + std::to_string(grid[1]) +
+                     ", " + std::to_string(grid[2]) + ") exceeds CUDA's limits with " + SymbolsString(p, b.symbols));
+  }
+  // Every argument takes an 8-byte slot; a float32 sits in its first 4 bytes.
+  std::vector<uint64_t> slots(l.args.size(), 0);
+  std::vector<void*> params(l.args.size());
+  for (size_t a = 0; a < l.args.size(); ++a) {
+    const plan::Arg& arg = l.args[a];
+    switch (arg.kind) {
+      case plan::kArgBuffer: slots[a] = addr[arg.value]; break;
+      case plan::kArgExpr: slots[a] = static_cast<uint64_t>(ev[arg.value]); break;
+      case plan::kArgI64: slots[a] = arg.value; break;
+      case plan::kArgF32: {
+        const uint32_t bits = static_cast<uint32_t>(arg.value);
+        std::memcpy(&slots[a], &bits, sizeof(bits));
+        break;
+      }
+    }
+    params[a] = &slots[a];
+  }
+  const DriverApi& drv = *st.driver;
+  CUresult r = drv.LaunchKernel(st.functions[k.kernel], static_cast<unsigned>(grid[0]),
+                                static_cast<unsigned>(grid[1]), static_cast<unsigned>(grid[2]), k.block[0],
+                                k.block[1], k.block[2], k.shared_mem, stream, params.data(), nullptr);
+  if (r != CUDA_SUCCESS) {
+    return ExecError(StepLabel(p, index) + ": launching kernel " + p.kernels[k.kernel].name + " failed: " +
+                     cuda::DriverErrorString(drv, r));
+  }
+  return Status::Ok();
+}
+
+// 64-bit FNV-1a of a kernel name (names end in a hash of the source): a tactic cache key
+// field that changes whenever a variant's code does.
+int64_t NameHash(const std::string& name) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return static_cast<int64_t>(h >> 1);
+}
+
+// The tactic problem of launch step `index` at `b`: its variants' kernels and grids, its
+// non-buffer argument values and the least alignment of its buffers. Steps of different
+// layers that run the same kernels on the same sizes share it.
+std::vector<int64_t> LaunchKey(const plan::Plan& p, size_t index, const Bound& b,
+                               const std::vector<CUdeviceptr>& addr) {
+  const plan::LaunchStep& l = p.steps[index].launch;
+  std::vector<int64_t> key = {static_cast<int64_t>(l.configs.size())};
+  for (const plan::LaunchConfig& k : l.configs) {
+    key.push_back(NameHash(p.kernels[k.kernel].name));
+    for (uint32_t g : k.grid) key.push_back(b.ev[g]);
+  }
+  uint32_t alignment = static_cast<uint32_t>(kAlignment);
+  for (const plan::Arg& arg : l.args) {
+    if (arg.kind == plan::kArgBuffer) {
+      alignment = std::min(alignment, PointerAlignment(addr[arg.value]));
+    } else {
+      key.push_back(arg.kind == plan::kArgExpr ? b.ev[arg.value] : static_cast<int64_t>(arg.value));
+    }
+  }
+  key.push_back(alignment);
+  return key;
+}
+
+// The config launch step `index` runs with at `b` (tactics::ChooseKernel), chosen once per
+// problem; called with st.cache_mu held.
+const plan::LaunchConfig& ChooseLaunch(Executor::DeviceState& st, const plan::Plan& p, size_t index, const Bound& b,
+                                       const std::vector<CUdeviceptr>& addr, const tactics::Scratch& scratch) {
+  const plan::LaunchStep& l = p.steps[index].launch;
+  tactics::KernelProblem problem;
+  problem.key = LaunchKey(p, index, b, addr);
+  auto it = st.tuned_launches.find(problem.key);
+  if (it == st.tuned_launches.end()) {
+    problem.driver = st.driver;
+    problem.variants = static_cast<int>(l.configs.size());
+    problem.launch = [&](int v, CUstream stream) {
+      return EnqueueLaunch(st, p, index, l.configs[v], b, addr, stream).ok();
+    };
+    problem.after = scratch.after;
+    problem.device = st.device_id;
+    problem.owner = st.engine_name;
+    it = st.tuned_launches.emplace(problem.key, tactics::ChooseKernel(problem)).first;
+  }
+  return l.configs[it->second];
+}
+
+// Tuned steps: the cached descriptors and algorithms of library steps for these symbol
+// values and addresses (GemmEntry / ConvEntry per step), the chosen plan::LaunchConfig of
+// launch steps with variants (null for other and empty steps), and the workspace the
+// library steps need. One workspace serves them all, since the steps run one after
+// another on the stream. A step met for the first time chooses its algorithm or variant,
+// timing candidates on `scratch` (variants on the step's own buffers, tactics.h).
+Status ResolveTunedSteps(Executor::DeviceState& st, const plan::Plan& p, const Bound& b,
                            const std::vector<CUdeviceptr>& addr, const tactics::Scratch& scratch,
                            std::vector<void*>* entries, uint64_t* workspace_bytes) {
   const std::vector<int64_t>& ev = b.ev;
@@ -1060,6 +1162,9 @@ Status ResolveLibrarySteps(Executor::DeviceState& st, const plan::Plan& p, const
       }
       (*entries)[i] = slot.get();
       *workspace_bytes = std::max(*workspace_bytes, AlignUp(slot->workspace));
+    } else if (s.kind == plan::kLaunch && s.launch.configs.size() > 1) {
+      std::lock_guard<std::mutex> lock(st.cache_mu);
+      (*entries)[i] = const_cast<plan::LaunchConfig*>(&ChooseLaunch(st, p, i, b, addr, scratch));
     } else if (s.kind == plan::kConv) {
       const plan::ConvStep& c = s.conv;
       if (ev[c.n] <= 0 || ev[c.k] <= 0 || ev[c.out_h] <= 0 || ev[c.out_w] <= 0) continue;
@@ -1108,38 +1213,10 @@ Status EnqueueSteps(Executor::DeviceState& st, const plan::Plan& p, const Bound&
     if (!status.ok()) return status;
     const plan::Step& s = p.steps[i];
     if (s.kind == plan::kLaunch) {
-      const plan::LaunchStep& l = s.launch;
-      const int64_t grid[3] = {ev[l.grid[0]], ev[l.grid[1]], ev[l.grid[2]]};
-      if (grid[0] <= 0 || grid[1] <= 0 || grid[2] <= 0) continue;  // nothing to compute
-      if (grid[0] > 0x7FFFFFFF || grid[1] > 65535 || grid[2] > 65535) {
-        return ExecError(StepLabel(p, i) + ": grid (" + std::to_string(grid[0]) + ", " + std::to_string(grid[1]) +
-                         ", " + std::to_string(grid[2]) + ") exceeds CUDA's limits with " +
-                         SymbolsString(p, b.symbols));
-      }
-      // Every argument takes an 8-byte slot; a float32 sits in its first 4 bytes.
-      std::vector<uint64_t> slots(l.args.size(), 0);
-      std::vector<void*> params(l.args.size());
-      for (size_t a = 0; a < l.args.size(); ++a) {
-        const plan::Arg& arg = l.args[a];
-        switch (arg.kind) {
-          case plan::kArgBuffer: slots[a] = addr[arg.value]; break;
-          case plan::kArgExpr: slots[a] = static_cast<uint64_t>(ev[arg.value]); break;
-          case plan::kArgI64: slots[a] = arg.value; break;
-          case plan::kArgF32: {
-            const uint32_t bits = static_cast<uint32_t>(arg.value);
-            std::memcpy(&slots[a], &bits, sizeof(bits));
-            break;
-          }
-        }
-        params[a] = &slots[a];
-      }
-      CUresult r = drv.LaunchKernel(st.functions[l.kernel], static_cast<unsigned>(grid[0]),
-                                    static_cast<unsigned>(grid[1]), static_cast<unsigned>(grid[2]), l.block[0],
-                                    l.block[1], l.block[2], l.shared_mem, stream, params.data(), nullptr);
-      if (r != CUDA_SUCCESS) {
-        return ExecError(StepLabel(p, i) + ": launching kernel " + p.kernels[l.kernel].name + " failed: " +
-                         cuda::DriverErrorString(drv, r));
-      }
+      const plan::LaunchConfig& k =
+          entries[i] != nullptr ? *static_cast<const plan::LaunchConfig*>(entries[i]) : s.launch.configs[0];
+      status = EnqueueLaunch(st, p, i, k, b, addr, stream);
+      if (!status.ok()) return status;
     } else if (s.kind == plan::kGemm && entries[i] != nullptr) {
       const plan::GemmStep& g = s.gemm;
       GemmEntry& e = *static_cast<GemmEntry*>(entries[i]);
@@ -1234,7 +1311,7 @@ Status PrepareOnAllocator(Executor::DeviceState& st, const plan::Plan& p, const 
   Status status = AssignAddresses(p, b, st.weights, input_ptrs, output_ptrs, arena, &prep->addr);
   if (!status.ok()) return status;
   uint64_t workspace_bytes = 0;
-  status = ResolveLibrarySteps(st, p, b, prep->addr, CallScratch(allocator, stream), &prep->entries,
+  status = ResolveTunedSteps(st, p, b, prep->addr, CallScratch(allocator, stream), &prep->entries,
                                &workspace_bytes);
   if (!status.ok()) return status;
   if (workspace_bytes > 0) return allocator->AllocateTemp(workspace_bytes, &prep->workspace);
@@ -1306,7 +1383,7 @@ Status SetUpGraphMemory(Executor::DeviceState& st, const plan::Plan& p, const st
                                   &g->addr);
   if (!status.ok()) return status;
   uint64_t workspace_bytes = 0;
-  status = ResolveLibrarySteps(st, p, b, g->addr, scratch, &g->entries, &workspace_bytes);
+  status = ResolveTunedSteps(st, p, b, g->addr, scratch, &g->entries, &workspace_bytes);
   if (!status.ok()) return status;
   if (workspace_bytes > 0) {
     r = drv.MemAlloc(&g->workspace, workspace_bytes);
@@ -1526,7 +1603,8 @@ void Executor::ReportUncapturable(const std::string& symbols, const std::string&
 
 // --------------------------------------------------------------------------- profile
 Status Executor::Profile(CUstream stream, const std::vector<DeviceTensor>& given, DeviceAllocator* allocator,
-                         int repeats, std::vector<double>* step_us, std::vector<DeviceTensor>* outputs) {
+                         int repeats, std::vector<double>* step_us, std::vector<int>* step_kernels,
+                         std::vector<DeviceTensor>* outputs) {
   if (repeats < 1) return ExecError("profiling needs at least one repeat, got " + std::to_string(repeats));
   std::string error;
   const DriverApi* drv = cuda::Driver(&error);
@@ -1572,7 +1650,14 @@ Status Executor::Profile(CUstream stream, const std::vector<DeviceTensor>& given
     if (r != CUDA_SUCCESS) return ExecError("reading the step timings failed: " + cuda::DriverErrorString(*drv, r));
   }
   step_us->assign(n, 0.0);
+  step_kernels->assign(n, -1);
   for (size_t i = 0; i < n; ++i) {
+    const plan::Step& s = plan_.steps[i];
+    if (s.kind == plan::kLaunch) {
+      const void* chosen = prep.entries[i];
+      (*step_kernels)[i] = static_cast<int>(
+          chosen != nullptr ? static_cast<const plan::LaunchConfig*>(chosen)->kernel : s.launch.configs[0].kernel);
+    }
     std::vector<double>& v = samples[i];
     std::sort(v.begin(), v.end());
     (*step_us)[i] = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);

@@ -130,11 +130,12 @@ class Executor {
 
   // Runs the plan uncaptured `repeats` times with a CUDA event recorded between every
   // two steps, and sets `step_us[i]` to step i's median time in microseconds (0 for a
-  // step the shapes leave empty). Memory comes from `allocator` once; `outputs` holds
-  // the last repeat's results. Synchronises the stream after every repeat: a
-  // measuring tool, not a serving path.
+  // step the shapes leave empty) and `step_kernels[i]` to the plan kernel a launch step
+  // ran (its timed variant where it has them; -1 for library steps). Memory comes from
+  // `allocator` once; `outputs` holds the last repeat's results. Synchronises the stream
+  // after every repeat: a measuring tool, not a serving path.
   Status Profile(CUstream stream, const std::vector<DeviceTensor>& inputs, DeviceAllocator* allocator, int repeats,
-                 std::vector<double>* step_us, std::vector<DeviceTensor>* outputs);
+                 std::vector<double>* step_us, std::vector<int>* step_kernels, std::vector<DeviceTensor>* outputs);
 
   struct DeviceState;  // per CUDA context: modules, weights, handles, caches
 

@@ -175,20 +175,25 @@ int tftrt_lite_executor_run(void* executor, void* stream, int num_inputs, const 
 }
 
 // Executor::Profile: runs the plan uncaptured `repeats` times with CUDA events around
-// every step and writes each step's median microseconds to `step_us`
-// (tftrt_lite_executor_num_steps entries). Inputs as for tftrt_lite_executor_run.
+// every step and writes each step's median microseconds to `step_us` and the plan
+// kernel each launch step ran to `step_kernels` (-1 for library steps; both
+// tftrt_lite_executor_num_steps entries). Inputs as for tftrt_lite_executor_run.
 int tftrt_lite_executor_profile(void* executor, void* stream, int num_inputs, const uint64_t* input_ptrs,
                                 const uint8_t* input_on_host, const int32_t* input_ranks, const int64_t* input_dims,
-                                AllocFn alloc, void* alloc_user, int repeats, double* step_us) {
+                                AllocFn alloc, void* alloc_user, int repeats, double* step_us, int* step_kernels) {
   auto* exec = static_cast<tftrt_lite::Executor*>(executor);
   CallbackAllocator allocator(alloc, alloc_user);
   std::vector<tftrt_lite::DeviceTensor> outputs;
   std::vector<double> times;
+  std::vector<int> kernels;
   tftrt_lite::Status status =
       exec->Profile(static_cast<CUstream>(stream), Inputs(num_inputs, input_ptrs, input_on_host, input_ranks, input_dims),
-                    &allocator, repeats, &times, &outputs);
+                    &allocator, repeats, &times, &kernels, &outputs);
   if (!status.ok()) return Record(status);
-  for (size_t i = 0; i < times.size(); ++i) step_us[i] = times[i];
+  for (size_t i = 0; i < times.size(); ++i) {
+    step_us[i] = times[i];
+    step_kernels[i] = kernels[i];
+  }
   return Record(tftrt_lite::Status::Ok());
 }
 

@@ -21,7 +21,7 @@ namespace tftrt_lite {
 namespace plan {
 
 constexpr char kMagic[8] = {'T', 'F', 'T', 'R', 'T', 'L', 'P', '\0'};
-constexpr uint32_t kFormatVersion = 2;
+constexpr uint32_t kFormatVersion = 3;
 constexpr uint64_t kWeightAlignment = 256;
 constexpr uint64_t kHeaderSize = 24;        // magic, u32 version, u32 section count, u64 size
 constexpr uint64_t kSectionEntrySize = 20;  // u32 kind, u64 offset, u64 size
@@ -118,11 +118,18 @@ struct Epilogue {
   float act_p0, act_p1, alpha, beta;
 };
 
-struct LaunchStep {
+// One kernel of a launch step and its launch geometry.
+struct LaunchConfig {
   uint32_t kernel;
   uint32_t grid[3];  // expr indices
   uint32_t block[3];
   uint32_t shared_mem;
+};
+
+// configs[0] is the builder's choice; any others are variants of it (the same computation
+// on the same arguments, tiled differently) that the executor times per shape.
+struct LaunchStep {
+  std::vector<LaunchConfig> configs;
   std::vector<Arg> args;
 };
 
@@ -404,11 +411,16 @@ inline bool ParsePlan(const uint8_t* data, uint64_t size, Plan* plan, std::strin
       s.name = c.Str();
       if (s.kind == kLaunch) {
         LaunchStep& l = s.launch;
-        l.kernel = c.U32();
-        CheckIndex(c, l.kernel, plan->kernels.size(), "kernel");
-        for (int d = 0; d < 3; ++d) { l.grid[d] = c.U32(); CheckIndex(c, l.grid[d], num_exprs, "grid expr"); }
-        for (int d = 0; d < 3; ++d) l.block[d] = c.U32();
-        l.shared_mem = c.U32();
+        auto read_config = [&]() {
+          LaunchConfig k;
+          k.kernel = c.U32();
+          CheckIndex(c, k.kernel, plan->kernels.size(), "kernel");
+          for (int d = 0; d < 3; ++d) { k.grid[d] = c.U32(); CheckIndex(c, k.grid[d], num_exprs, "grid expr"); }
+          for (int d = 0; d < 3; ++d) k.block[d] = c.U32();
+          k.shared_mem = c.U32();
+          l.configs.push_back(k);
+        };
+        read_config();
         uint32_t nargs = c.Count(12);
         for (uint32_t a = 0; a < nargs && c.ok(); ++a) {
           Arg arg;
@@ -419,6 +431,8 @@ inline bool ParsePlan(const uint8_t* data, uint64_t size, Plan* plan, std::strin
           else if (arg.kind != kArgI64 && arg.kind != kArgF32) c.Fail("unknown argument kind in step " + s.name);
           l.args.push_back(arg);
         }
+        const uint32_t variants = c.Count(32);
+        for (uint32_t v = 0; v < variants && c.ok(); ++v) read_config();
       } else if (s.kind == kGemm) {
         GemmStep& g = s.gemm;
         g.a = c.U32(); g.b = c.U32(); g.d = c.U32(); g.bias = c.U32(); g.c = c.U32();

@@ -33,6 +33,7 @@ constexpr char kCacheEnvVar[] = "TFTRT_LITE_TACTIC_CACHE";
 constexpr uint64_t kMaxCacheFileBytes = uint64_t(64) << 20;
 constexpr int kGemmRuns = 5;
 constexpr int kConvRuns = 3;
+constexpr int kKernelRuns = 5;
 // Candidates timed per GEMM problem at most: the heuristic's and the split-K variants.
 constexpr size_t kMaxGemmCandidates = 64;
 constexpr int32_t kSplitKCounts[] = {2, 4, 8, 16};
@@ -55,9 +56,11 @@ bool SwitchedOn(const char* name) {
 }
 
 // --------------------------------------------------------------------------- counts
-enum Count { kGemmTimed, kConvTimed, kCacheHits, kCacheRejected, kCandidatesRejected, kSplitKChosen, kNumCounts };
-const char* const kCountNames[kNumCounts] = {"gemm_timed",          "conv_timed",    "cache_hits", "cache_rejected",
-                                             "candidates_rejected", "split_k_chosen"};
+enum Count {
+  kGemmTimed, kConvTimed, kCacheHits, kCacheRejected, kCandidatesRejected, kSplitKChosen, kKernelTimed, kNumCounts
+};
+const char* const kCountNames[kNumCounts] = {"gemm_timed",     "conv_timed",     "cache_hits",  "cache_rejected",
+                                             "candidates_rejected", "split_k_chosen", "kernel_timed"};
 std::atomic<int64_t> counts[kNumCounts];
 std::atomic<bool> prefer_split_k{false};
 
@@ -150,7 +153,7 @@ std::string StoreKey(const char* kind, const std::string& device, const std::str
 }
 
 struct Winner {
-  std::string algo;  // gemm: the cublasLtMatmulAlgo_t bytes in hex; conv: the algorithm number
+  std::string algo;  // gemm: the cublasLtMatmulAlgo_t bytes in hex; conv: the algorithm number; kernel: the variant
   uint64_t workspace = 0;
   bool used = false;  // chosen or reused by this process
   std::set<std::string> owners;
@@ -167,6 +170,8 @@ bool ParseLine(const std::string& line, std::string* key, Winner* winner) {
     if (!IsDecimal(f[4]) || f[4].size() > 2 || std::atoi(f[4].c_str()) >= CUDNN_CONVOLUTION_FWD_ALGO_COUNT) {
       return false;
     }
+  } else if (f[0] == "kernel") {
+    if (!IsDecimal(f[4]) || f[4].size() > 4) return false;  // checked against the step's variants when used
   } else {
     return false;
   }
@@ -880,6 +885,31 @@ bool StoredConv(const ConvProblem& p, const std::string& key, const std::vector<
   return false;
 }
 
+// --------------------------------------------------------------------------- kernels
+std::string DriverVersion(const DriverApi& drv) {
+  int version = 0;
+  return drv.DriverGetVersion && drv.DriverGetVersion(&version) == CUDA_SUCCESS ? std::to_string(version) : "";
+}
+
+// Times every variant of `p` on a private stream; the index of the fastest, -1 when none
+// could be timed.
+int FastestKernel(const KernelProblem& p) {
+  TimingStream timing(*p.driver);
+  if (!timing.Create(p.after)) return -1;
+  int best = -1;
+  float best_ms = 0.0f;
+  for (int v = 0; v < p.variants; ++v) {
+    if (!p.launch(v, timing.stream())) continue;  // warm-up; a variant that cannot launch is skipped
+    const float ms = timing.Time(kKernelRuns, [&] { return p.launch(v, timing.stream()); });
+    if (ms >= 0.0f && (best < 0 || ms < best_ms)) {
+      best = v;
+      best_ms = ms;
+    }
+  }
+  timing.Synchronize();
+  return best;
+}
+
 }  // namespace
 
 bool GemmTimingEnabled() {
@@ -947,6 +977,34 @@ ConvAlgo ChooseConv(const ConvProblem& p, const std::vector<ConvAlgo>& usable) {
   const ConvAlgo& winner = usable[best];
   if (!key.empty()) store.Record(key, std::to_string(static_cast<int>(winner.algo)), winner.workspace, p.owner);
   return winner;
+}
+
+bool KernelTimingEnabled() {
+  static const bool enabled = !SwitchedOff("TFTRT_LITE_TUNING") && !SwitchedOff("TFTRT_LITE_KERNEL_TUNING");
+  return enabled;
+}
+
+int ChooseKernel(const KernelProblem& p) {
+  Store& store = GetStore();
+  store.LoadFileOnce();
+  const std::string key = StoreKey("kernel", p.device, DriverVersion(*p.driver), p.key);
+  std::lock_guard<std::mutex> timing(TimingMutex());
+  std::string text;
+  if (!key.empty() && store.Find(key, &text)) {
+    const int stored = std::atoi(text.c_str());
+    if (stored < p.variants) {
+      store.MarkUsed(key, p.owner);
+      Increment(kCacheHits);
+      return stored;
+    }
+    Increment(kCacheRejected);
+  }
+  if (!KernelTimingEnabled() || p.variants < 2) return 0;
+  const int best = FastestKernel(p);
+  if (best < 0) return 0;
+  Increment(kKernelTimed);
+  if (!key.empty()) store.Record(key, std::to_string(best), 0, p.owner);
+  return best;
 }
 
 int AddText(const std::string& text, int* malformed) { return GetStore().Add(text, malformed); }

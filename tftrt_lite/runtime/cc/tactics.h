@@ -24,6 +24,7 @@
 //   # tftrt_lite tactic cache v1
 //   gemm <gpu> <cublasLt version> <problem> <algo: 128 hex digits> <workspace bytes>
 //   conv <gpu> <cuDNN version> <problem> <algo number> <workspace bytes>
+//   kernel <gpu> <driver version> <problem> <variant index> 0
 // <gpu> is "<name with '_' for blanks>:sm_<arch>:<SMs>sm"; <problem> is comma-separated
 // integers (shape, layouts, dtypes, math mode, epilogue, alignment).
 #ifndef TFTRT_LITE_RUNTIME_CC_TACTICS_H_
@@ -51,12 +52,14 @@ constexpr uint64_t kMaxConvWorkspace = uint64_t(256) << 20;
 // How many candidates cuBLASLt's heuristic is asked for when GEMMs are timed.
 constexpr int kHeuristicCandidates = 16;
 
-// Whether GEMM / convolution algorithms are chosen by timing (read once per process).
-// GEMMs: yes unless TFTRT_LITE_TUNING=0 (all timing off) or TFTRT_LITE_GEMM_TUNING=0;
-// stored GEMM winners are used either way. Convolutions: only with
-// TFTRT_LITE_CONV_TUNING=1 (and not TFTRT_LITE_TUNING=0), stored winners included.
+// Whether GEMM / convolution algorithms and kernel variants are chosen by timing (read
+// once per process). GEMMs: yes unless TFTRT_LITE_TUNING=0 (all timing off) or
+// TFTRT_LITE_GEMM_TUNING=0; stored GEMM winners are used either way. Convolutions: only
+// with TFTRT_LITE_CONV_TUNING=1 (and not TFTRT_LITE_TUNING=0), stored winners included.
+// Kernel variants: as GEMMs, with TFTRT_LITE_KERNEL_TUNING.
 bool GemmTimingEnabled();
 bool ConvTimingEnabled();
+bool KernelTimingEnabled();
 
 // The <gpu> field of cache lines for `device` (compute capability `arch`, e.g. "sm_90").
 std::string DeviceId(const cuda::DriverApi& drv, CUdevice device, const std::string& arch);
@@ -130,6 +133,27 @@ struct ConvAlgo {
 // (timing on) the fastest of them, else usable[0]. Enqueues nothing on the caller's stream.
 ConvAlgo ChooseConv(const ConvProblem& problem, const std::vector<ConvAlgo>& usable);
 
+// A generated-kernel launch step with variants: kernels of the same computation on the
+// same arguments, tiled differently (plan.py LaunchStep). Why time them: the best tiling
+// depends on the shape (attention at batch 1 wants few warps per block, at batch 32
+// more), and a plan serves every shape.
+struct KernelProblem {
+  const cuda::DriverApi* driver = nullptr;
+  int variants = 0;
+  // Enqueues variant `v` on `stream`; false when the launch fails. The variants run on the
+  // step's own buffers: on a shape's first call, before the call's first step, the arena
+  // and outputs they write hold nothing yet, and the inputs and weights they read are
+  // never written.
+  std::function<bool(int v, CUstream stream)> launch;
+  CUstream after = nullptr;  // timing starts after the work already on it (Scratch::after)
+  std::string device, owner;
+  std::vector<int64_t> key;  // the problem: variant kernels, argument values, alignment
+};
+
+// The variant for `problem`: a stored winner that names one of its variants, else (timing
+// on) the fastest, else 0 (the builder's choice). Enqueues nothing on the caller's stream.
+int ChooseKernel(const KernelProblem& problem);
+
 // Merges cache text into the process-wide store (the header line is optional here).
 // Returns how many winner lines were taken; `malformed` (if given) counts the lines
 // skipped. Winners are checked only when a problem looks them up.
@@ -151,7 +175,8 @@ const char* tftrt_lite_tactics_dump(const char* owner, int everything);
 // (problems whose candidates were timed), "cache_hits" (stored winners used),
 // "cache_rejected" (stored winners that failed their check), "candidates_rejected"
 // (GEMM candidates whose output differed from cuBLASLt's first pick), "split_k_chosen"
-// (timed GEMMs won by a split-K algorithm).
+// (timed GEMMs won by a split-K algorithm), "kernel_timed" (kernel steps whose variants
+// were timed).
 int64_t tftrt_lite_tactics_count(const char* name);
 // Test hook: with `on`, GEMM timing lets only split-K candidates win wherever it has any,
 // so tests can check split-K numerics end to end.
