@@ -7,7 +7,6 @@ the float32 model's when its engine quantizes every convolution and GEMM to int8
 the engine's math runs in the NumPy reference executor (the same int8 grid, float16
 everywhere else); the GPU test runs the saved model through the TftrtLiteEngine op.
 """
-import os
 
 import numpy as np
 import pytest
