@@ -7,9 +7,11 @@ move arrays across (bfloat16, which CuPy lacks, travels as its uint16 bits).
 import math
 
 import numpy as np
+import pytest
 
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import symbolic
+from tftrt_lite.engine.ir import saturate_cast
 from tftrt_lite.engine.plan import np_dtype
 
 
@@ -23,6 +25,22 @@ def gpu_arch():
         return f"sm_{cupy.cuda.Device(0).compute_capability}"
     except Exception:  # no driver / no device: CuPy raises its own runtime errors
         return None
+
+
+def require_gpu():
+    """:func:`gpu_arch`, skipping the calling test where there is no GPU."""
+    arch = gpu_arch()
+    if arch is None:
+        pytest.skip("needs a CUDA GPU visible to CuPy")
+    return arch
+
+
+def random_feeds(g, env, rng, dtype, scale=1.0):
+    """Standard-normal values (times ``scale``) rounded to ``dtype`` for every input of
+    ``g``, at its shapes with symbols bound by ``env``."""
+    return {t: saturate_cast(scale * rng.standard_normal([symbolic.evaluate(d, env) for d in g.tensor(t).shape]),
+                             dtype)
+            for t in g.inputs}
 
 
 def to_device(x):

@@ -11,8 +11,8 @@ from tftrt_lite.codegen.conv import (
 from tftrt_lite.codegen.nvrtc import compile_kernel
 from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.ir import saturate_cast
-from tftrt_lite.engine.reference import np_dtype, run_graph
-from cuda_launch import gpu_arch, launch, to_device, to_host
+from tftrt_lite.engine.reference import run_graph
+from cuda_launch import launch_guarded, random_feeds, require_gpu, to_device
 from ir_graphs import one_node_graph
 
 #: id → dict(channels, h, w, kernel (kh, kw), strides, pads [t, l, b, r], dilations,
@@ -232,26 +232,15 @@ def test_grid_puts_the_unbounded_rows_on_x():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case_id", sorted(CASES))
 def test_depthwise_kernel_matches_reference(case_id, dtype, tmp_path):
-    arch = gpu_arch()
-    if arch is None:
-        pytest.skip("needs a CUDA GPU visible to CuPy")
+    arch = require_gpu()
     env = {"N": CASES[case_id]["batch"], **SPATIAL}
     g = _graph(case_id, dtype)
-    rng = np.random.default_rng(5)
-    feeds = {t: saturate_cast(2 * rng.standard_normal([symbolic.evaluate(d, env) for d in g.tensor(t).shape]), dtype)
-             for t in g.inputs}
+    feeds = random_feeds(g, env, np.random.default_rng(5), dtype, scale=2)
     if CASES[case_id]["input_activation"] != "none":
         feeds["x"][0, 0, 0, 0] = np.nan  # not clipped to a bound: the windows holding it stay NaN
     want = run_graph(g, feeds)["y"].astype(np.float32)
     buffers = {t: to_device(v) for t, v in feeds.items()}
     buffers.update({t: to_device(g.tensor(t).value) for t in ("w", "b") if t in g.tensors})
-    # the output and 4 KiB past it start as NaN: every output written, nothing beyond it
-    guard = 4096 // np.dtype(np_dtype(dtype)).itemsize
-    out = to_device(np.full(want.size + guard, np.nan, np_dtype(dtype)))
-    buffers["y"] = out[:want.size].reshape(want.shape)
-    launch(emit_depthwise_conv(g, g.nodes[0]), buffers, env, arch, tmp_path)
-    got = to_host(buffers["y"], dtype)
-    tail = to_host(out[want.size:], dtype)
-    assert np.isnan(tail.astype(np.float32)).all(), "the kernel wrote past its output"
+    got = launch_guarded(emit_depthwise_conv(g, g.nodes[0]), buffers, want.shape, dtype, env, arch, tmp_path)
     tol = 1e-5 if dtype == "float32" else 1e-2
     np.testing.assert_allclose(got.astype(np.float32), want, rtol=tol, atol=tol * max(1.0, np.nanmax(np.abs(want))))

@@ -10,7 +10,7 @@ from tftrt_lite.codegen.stem_conv import MAX_MACS, emit_stem_conv, stem_conv_run
 from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.ir import saturate_cast
 from tftrt_lite.engine.reference import run_graph
-from cuda_launch import gpu_arch, launch, launch_guarded, to_device, to_host
+from cuda_launch import launch, launch_guarded, random_feeds, require_gpu, to_device, to_host
 from ir_graphs import one_node_graph
 
 _BASE = dict(channels=3, outputs=32, h=17, w=16, kernel=(3, 3), strides=(2, 2), pads=[0, 0, 1, 1],
@@ -92,14 +92,10 @@ def test_filter_folds_into_the_code(case_id, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case_id", sorted(CASES))
 def test_stem_kernel_matches_reference(case_id, dtype, tmp_path):
-    arch = gpu_arch()
-    if arch is None:
-        pytest.skip("needs a CUDA GPU visible to CuPy")
+    arch = require_gpu()
     env = {"N": CASES[case_id]["batch"]}
     g = _graph(case_id, dtype)
-    rng = np.random.default_rng(6)
-    feeds = {t: saturate_cast(2 * rng.standard_normal([symbolic.evaluate(d, env) for d in g.tensor(t).shape]), dtype)
-             for t in g.inputs}
+    feeds = random_feeds(g, env, np.random.default_rng(6), dtype, scale=2)
     want = run_graph(g, feeds)["y"].astype(np.float32)
     buffers = {t: to_device(v) for t, v in feeds.items()}
     got = launch_guarded(emit_stem_conv(g, g.nodes[0]), buffers, want.shape, dtype, env, arch, tmp_path)
@@ -109,9 +105,7 @@ def test_stem_kernel_matches_reference(case_id, dtype, tmp_path):
 
 @pytest.mark.gpu
 def test_unaligned_output_takes_scalar_stores(tmp_path):
-    arch = gpu_arch()
-    if arch is None:
-        pytest.skip("needs a CUDA GPU visible to CuPy")
+    arch = require_gpu()
     env = {"N": 2}
     g = _graph("mbv2_stem_relu6", "float16")
     rng = np.random.default_rng(7)

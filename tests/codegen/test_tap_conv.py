@@ -10,7 +10,7 @@ from tftrt_lite.codegen.tap_conv import VARIANTS, emit_tap_conv, tap_conv_runs
 from tftrt_lite.engine import symbolic
 from tftrt_lite.engine.ir import saturate_cast
 from tftrt_lite.engine.reference import run_graph
-from cuda_launch import gpu_arch, launch_guarded, to_device
+from cuda_launch import launch_guarded, random_feeds, require_gpu, to_device
 from ir_graphs import one_node_graph
 
 _BASE = dict(outputs=64, h=11, w=12, kernel=(4, 4), bias=True, residual=False, activation="relu", params=[],
@@ -71,14 +71,10 @@ def test_accumulators_stay_in_registers(case_id, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case_id", sorted(CASES))
 def test_tap_kernel_matches_reference(case_id, dtype, tmp_path):
-    arch = gpu_arch()
-    if arch is None:
-        pytest.skip("needs a CUDA GPU visible to CuPy")
+    arch = require_gpu()
     env = {"N": CASES[case_id]["batch"]}
     g = _graph(case_id, dtype)
-    rng = np.random.default_rng(9)
-    feeds = {t: saturate_cast(rng.standard_normal([symbolic.evaluate(d, env) for d in g.tensor(t).shape]), dtype)
-             for t in g.inputs}
+    feeds = random_feeds(g, env, np.random.default_rng(9), dtype)
     want = run_graph(g, feeds)["y"].astype(np.float32)
     buffers = {t: to_device(v) for t, v in feeds.items()}
     buffers.update({t: to_device(tt.value) for t, tt in g.tensors.items() if tt.value is not None})
