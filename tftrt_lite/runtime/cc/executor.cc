@@ -232,6 +232,7 @@ struct Executor::DeviceState {
   std::mutex cache_mu;
   std::map<CacheKey, std::unique_ptr<GemmEntry>> gemms;
   std::map<CacheKey, std::unique_ptr<ConvEntry>> convs;
+  std::map<CacheKey, const plan::LaunchConfig*> launches;  // launch steps with variants
   // Chosen algorithms by GEMM problem (shape, layouts, types, epilogue, alignment) and by
   // convolution problem: identical problems of different steps (every transformer layer)
   // are chosen once (tactics.h: timed, or taken from the tactic cache).
@@ -1079,6 +1080,15 @@ int64_t NameHash(const std::string& name) {
   return static_cast<int64_t>(h >> 1);
 }
 
+// The least alignment of launch step `l`'s buffers.
+uint32_t LaunchAlignment(const plan::LaunchStep& l, const std::vector<CUdeviceptr>& addr) {
+  uint32_t alignment = static_cast<uint32_t>(kAlignment);
+  for (const plan::Arg& arg : l.args) {
+    if (arg.kind == plan::kArgBuffer) alignment = std::min(alignment, PointerAlignment(addr[arg.value]));
+  }
+  return alignment;
+}
+
 // The tactic problem of launch step `index` at `b`: its variants' kernels and grids, its
 // non-buffer argument values and the least alignment of its buffers. Steps of different
 // layers that run the same kernels on the same sizes share it.
@@ -1090,15 +1100,12 @@ std::vector<int64_t> LaunchKey(const plan::Plan& p, size_t index, const Bound& b
     key.push_back(NameHash(p.kernels[k.kernel].name));
     for (uint32_t g : k.grid) key.push_back(b.ev[g]);
   }
-  uint32_t alignment = static_cast<uint32_t>(kAlignment);
   for (const plan::Arg& arg : l.args) {
-    if (arg.kind == plan::kArgBuffer) {
-      alignment = std::min(alignment, PointerAlignment(addr[arg.value]));
-    } else {
+    if (arg.kind != plan::kArgBuffer) {
       key.push_back(arg.kind == plan::kArgExpr ? b.ev[arg.value] : static_cast<int64_t>(arg.value));
     }
   }
-  key.push_back(alignment);
+  key.push_back(LaunchAlignment(l, addr));
   return key;
 }
 
@@ -1163,8 +1170,11 @@ Status ResolveTunedSteps(Executor::DeviceState& st, const plan::Plan& p, const B
       (*entries)[i] = slot.get();
       *workspace_bytes = std::max(*workspace_bytes, AlignUp(slot->workspace));
     } else if (s.kind == plan::kLaunch && s.launch.configs.size() > 1) {
+      CacheKey key(static_cast<uint32_t>(i), LaunchAlignment(s.launch, addr), b.symbols);
       std::lock_guard<std::mutex> lock(st.cache_mu);
-      (*entries)[i] = const_cast<plan::LaunchConfig*>(&ChooseLaunch(st, p, i, b, addr, scratch));
+      const plan::LaunchConfig*& slot = st.launches[key];
+      if (slot == nullptr) slot = &ChooseLaunch(st, p, i, b, addr, scratch);  // the problem's key only on a miss
+      (*entries)[i] = const_cast<plan::LaunchConfig*>(slot);
     } else if (s.kind == plan::kConv) {
       const plan::ConvStep& c = s.conv;
       if (ev[c.n] <= 0 || ev[c.k] <= 0 || ev[c.out_h] <= 0 || ev[c.out_w] <= 0) continue;
